@@ -1,0 +1,70 @@
+"""Apache Airflow provider for Zhipu GLM models.
+
+Importing this package is cheap: it imports nothing but the standard library, so Airflow's
+provider discovery and DAG parsing pay nothing for it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__version__ = "0.1.0"
+
+__all__ = ["__version__", "get_provider_info"]
+
+
+def get_provider_info() -> dict[str, Any]:
+    """What Airflow's provider manager reads through the ``apache_airflow_provider`` entry point."""
+    return {
+        "package-name": "airflow-provider-glm",
+        "name": "GLM (Zhipu AI)",
+        "description": "Zhipu GLM models in Airflow: chat and batch operators, a SQL usage ledger.",
+        "versions": [__version__],
+        "integrations": [
+            {
+                "integration-name": "GLM",
+                "external-doc-url": "https://docs.bigmodel.cn/",
+                "tags": ["ai"],
+            }
+        ],
+        "hooks": [{"integration-name": "GLM", "python-modules": ["airflow_provider_glm.hooks.glm"]}],
+        "operators": [{"integration-name": "GLM", "python-modules": ["airflow_provider_glm.operators.chat"]}],
+        "task-decorators": [{"name": "glm", "class-name": "airflow_provider_glm.decorators.glm.glm_task"}],
+        "connection-types": [
+            {
+                "connection-type": "glm",
+                "hook-class-name": "airflow_provider_glm.hooks.glm.GLMHook",
+                "hook-name": "GLM (Zhipu AI)",
+                "ui-field-behaviour": {
+                    "hidden-fields": ["schema", "port", "login"],
+                    "relabeling": {"password": "API Key", "host": "Base URL"},
+                    "placeholders": {
+                        "host": "https://open.bigmodel.cn/api/paas/v4",
+                        "password": "your GLM API key",
+                    },
+                },
+                "conn-fields": {
+                    "model": {
+                        "label": "Default model",
+                        "schema": {"type": ["string", "null"]},
+                        "description": "Model used when a task names none (default glm-4.5).",
+                    },
+                    "timeout": {
+                        "label": "Timeout (s)",
+                        "schema": {"type": ["number", "null"], "exclusiveMinimum": 0},
+                        "description": "Total seconds for one attempt, first byte to last.",
+                    },
+                    "max_retries": {
+                        "label": "Max retries",
+                        "schema": {"type": ["integer", "null"], "minimum": 0},
+                        "description": "Retries of retryable failures (default 3).",
+                    },
+                    "auth": {
+                        "label": "Auth mode",
+                        "schema": {"type": ["string", "null"], "enum": ["bearer", "jwt", None]},
+                        "description": "bearer sends the key; jwt signs a token from an id.secret key.",
+                    },
+                },
+            }
+        ],
+    }

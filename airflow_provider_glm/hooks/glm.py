@@ -1,0 +1,207 @@
+"""``GLMHook``: the ``glm`` connection turned into GLM clients.
+
+The connection's password is the API key, its host the base URL; extras tune the model, timeouts,
+retries and auth mode (see ``docs/connections.md``). Nothing here touches the network until a
+method that calls the API runs.
+
+Example::
+
+    hook = GLMHook(glm_conn_id="glm_default")
+    answer = hook.chat_completion([{"role": "user", "content": "Say hi"}])
+    print(answer.content)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+from airflow.sdk import BaseHook
+
+from airflow_provider_glm import constants
+
+if TYPE_CHECKING:
+    from airflow.sdk import Connection
+
+    from airflow_provider_glm.auth import APIKey
+    from airflow_provider_glm.client import AsyncGLMClient, GLMClient
+    from airflow_provider_glm.models import ChatCompletion, ChatCompletionChunk
+
+__all__ = ["ConnectionSettings", "GLMHook"]
+
+_KEY_EXTRAS = ("api_key", "apikey", "key", "token", "secret", "password")
+_KNOWN_EXTRAS = frozenset(
+    {"model", "timeout", "connect_timeout", "read_timeout", "max_retries", "auth", "prices", "headers",
+     "max_connections"}
+)
+
+
+@dataclass(frozen=True)
+class ConnectionSettings:
+    """What a ``glm`` connection says, validated; the key stays wrapped in :class:`APIKey`."""
+
+    api_key: APIKey = field(repr=False)
+    base_url: str
+    model: str
+    auth: str
+    client_options: dict[str, Any]
+    prices: dict[str, Any] | None
+
+    @classmethod
+    def from_connection(cls, conn: Connection) -> ConnectionSettings:
+        """Read and check a connection; errors name the field at fault, never its secret value.
+
+        :param conn: an Airflow connection of type ``glm``.
+        """
+        from airflow_provider_glm.auth import APIKey
+
+        extra = conn.extra_dejson or {}
+        leaked = sorted(k for k in extra if k.lower() in _KEY_EXTRAS)
+        if leaked:
+            raise ValueError(
+                f"connection {conn.conn_id!r}: the API key belongs in the password field, not in extra "
+                f"{leaked}; extras are shown in the UI and logs"
+            )
+        unknown = sorted(set(extra) - _KNOWN_EXTRAS)
+        if unknown:
+            raise ValueError(f"connection {conn.conn_id!r}: unknown extra field(s) {unknown}")
+        if not conn.password:
+            raise ValueError(f"connection {conn.conn_id!r} has no API key: set its password field")
+        options: dict[str, Any] = {}
+        for name in ("timeout", "connect_timeout", "read_timeout"):
+            if extra.get(name) not in (None, ""):
+                options[name] = _number(conn.conn_id, name, extra[name], float)
+        if extra.get("max_retries") not in (None, ""):
+            options["max_retries"] = _number(conn.conn_id, "max_retries", extra["max_retries"], int)
+        if extra.get("max_connections") not in (None, ""):
+            options["max_connections"] = _number(conn.conn_id, "max_connections", extra["max_connections"], int)
+        if extra.get("headers"):
+            if not isinstance(extra["headers"], Mapping):
+                raise ValueError(f"connection {conn.conn_id!r}: extra 'headers' must be an object")
+            options["headers"] = {str(k): str(v) for k, v in extra["headers"].items()}
+        auth = str(extra.get("auth") or "bearer").lower()
+        if auth not in ("bearer", "jwt"):
+            raise ValueError(f"connection {conn.conn_id!r}: extra 'auth' must be 'bearer' or 'jwt', got {auth!r}")
+        prices = extra.get("prices")
+        if prices is not None and not isinstance(prices, Mapping):
+            raise ValueError(f"connection {conn.conn_id!r}: extra 'prices' must be an object of model -> price")
+        return cls(
+            api_key=APIKey(conn.password),
+            base_url=base_url_of(conn),
+            model=str(extra.get("model") or constants.DEFAULT_MODEL),
+            auth=auth,
+            client_options=options,
+            prices=dict(prices) if prices else None,
+        )
+
+
+def _number(conn_id: str | None, name: str, value: Any, kind: type[int] | type[float]) -> Any:
+    try:
+        number = kind(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"connection {conn_id!r}: extra {name!r} must be a number, got {value!r}") from None
+    if number < 0 or (number == 0 and name != "max_retries"):
+        raise ValueError(f"connection {conn_id!r}: extra {name!r} must be positive, got {value!r}")
+    return number
+
+
+def base_url_of(conn: Connection) -> str:
+    """The API root from the connection host: a full URL, a bare host (https assumed), or the default."""
+    host = (conn.host or "").strip()
+    if not host:
+        return constants.DEFAULT_BASE_URL
+    if "://" in host:
+        return host.rstrip("/")
+    port = f":{conn.port}" if conn.port else ""
+    path = f"/{conn.schema.strip('/')}" if conn.schema else ""
+    return f"https://{host}{port}{path}".rstrip("/")
+
+
+class GLMHook(BaseHook):
+    """Talk to GLM through an Airflow ``glm`` connection.
+
+    :param glm_conn_id: the connection id (default ``glm_default``).
+    :param client_options: overrides for the client (``timeout``, ``max_retries``, ...), applied on top
+        of the connection's extras.
+    """
+
+    conn_name_attr = "glm_conn_id"
+    default_conn_name = "glm_default"
+    conn_type = "glm"
+    hook_name = "GLM (Zhipu AI)"
+
+    def __init__(self, glm_conn_id: str = default_conn_name, *, client_options: Mapping[str, Any] | None = None,
+                 **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.glm_conn_id = glm_conn_id
+        self.client_options = dict(client_options or {})
+
+    def __repr__(self) -> str:
+        return f"GLMHook(glm_conn_id={self.glm_conn_id!r})"
+
+    @cached_property
+    def settings(self) -> ConnectionSettings:
+        """The parsed connection (fetched once per hook); the key is registered with the masker."""
+        from airflow.sdk.log import mask_secret
+
+        conn = self.get_connection(self.glm_conn_id)
+        if conn.password:
+            mask_secret(conn.password)
+        return ConnectionSettings.from_connection(conn)
+
+    def _options(self) -> dict[str, Any]:
+        settings = self.settings
+        options = {"base_url": settings.base_url, "auth": settings.auth, **settings.client_options}
+        options.update(self.client_options)
+        return options
+
+    @cached_property
+    def client(self) -> GLMClient:
+        """The synchronous client, built once on first use."""
+        from airflow_provider_glm.client import GLMClient
+
+        return GLMClient(self.settings.api_key, **self._options())
+
+    def get_conn(self) -> GLMClient:
+        """The synchronous client (Airflow's hook protocol)."""
+        return self.client
+
+    def get_async_client(self, **overrides: Any) -> AsyncGLMClient:
+        """A new async client; the caller owns it and closes it (``async with``)."""
+        from airflow_provider_glm.client import AsyncGLMClient
+
+        return AsyncGLMClient(self.settings.api_key, **{**self._options(), **overrides})
+
+    def chat_completion(self, messages: Any, model: str | None = None, **params: Any) -> ChatCompletion:
+        """Create one chat completion.
+
+        :param messages: ``[{"role": "user", "content": "..."}]``.
+        :param model: the model; default the connection's ``model`` extra.
+        :param params: other request options (temperature, max_tokens, thinking, tools, ...).
+        """
+        return self.client.chat_completion(model or self.settings.model, messages, **params)
+
+    def stream_chat_completion(self, messages: Any, model: str | None = None,
+                               **params: Any) -> Iterator[ChatCompletionChunk]:
+        """Stream one chat completion as typed chunks."""
+        return self.client.stream_chat_completion(model or self.settings.model, messages, **params)
+
+    async def achat_completion(self, messages: Any, model: str | None = None, **params: Any) -> ChatCompletion:
+        """Create one chat completion without blocking the event loop (uses a short-lived async client)."""
+        async with self.get_async_client() as client:
+            return await client.chat_completion(model or self.settings.model, messages, **params)
+
+    def test_connection(self) -> tuple[bool, str]:
+        """Make one ``max_tokens=1`` call on the connection's model and say what it cost."""
+        try:
+            model = self.settings.model
+            answer = self.client.chat_completion(
+                model, [{"role": "user", "content": "ping"}], max_tokens=1,
+            )
+        except Exception as exc:
+            return False, f"{type(exc).__name__}: {exc}"
+        usage = answer.usage
+        spent = f"{usage.total_tokens} tokens" if usage else "an unknown number of tokens"
+        return True, f"Connected to {self.settings.base_url} as model {answer.model or model}; the check spent {spent} (one max_tokens=1 call)."

@@ -1,0 +1,1 @@
+"""Where row results and the usage ledger are written: SQL tables (and object storage)."""

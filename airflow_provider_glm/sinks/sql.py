@@ -1,0 +1,468 @@
+"""The SQL sink: row results (upserted) and the usage ledger, on SQLite, PostgreSQL and MySQL/MariaDB.
+
+SQLAlchemy Core only, bound parameters only; table names are validated identifiers. The results
+table's primary key is the surrogate ``result_key``: the SHA-256 hex digest of the logical key
+``(dag_id, task_id, run_id, map_index, row_key)`` serialized as a compact UTF-8 JSON array (see
+:func:`result_key`), because MySQL/MariaDB cannot index five long utf8mb4 VARCHARs (3072-byte limit).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import random
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import fields
+from decimal import Decimal
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import mysql, postgresql, sqlite
+from sqlalchemy.engine import Dialect, Engine
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.sql.dml import Insert
+
+from airflow_provider_glm.sinks.records import ResultRecord, RunScope, UsageRecord
+
+__all__ = ["SQLSink", "result_key", "validate_table_name"]
+
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
+_MYSQL = ("mysql", "mariadb")
+_SUPPORTED_DIALECTS = ("sqlite", "postgresql", *_MYSQL)
+_ID_LENGTH = 250
+_ROW_KEY_LENGTH = 255
+_RESPONSE_ID_LENGTH = 128
+_STATUSES = frozenset({"ok", "failed", "filtered", "skipped"})
+_CHUNK = 1000
+_MAX_ATTEMPTS = 5
+_MYSQL_TRANSIENT = frozenset({1205, 1213})
+_PG_TRANSIENT = frozenset({"40001", "40P01"})
+_SCOPE = ("dag_id", "task_id", "run_id")
+_TOKENS = ("prompt_tokens", "completion_tokens", "total_tokens")
+_USAGE_TOKENS = (*_TOKENS, "cached_tokens", "reasoning_tokens")
+
+
+def validate_table_name(name: str) -> tuple[str | None, str]:
+    """Split and validate ``table`` or ``schema.table``; each part must be a plain identifier.
+
+    :param name: the configured table name.
+    :return: ``(schema, table)``, schema ``None`` when not given.
+    """
+    parts = name.split(".") if isinstance(name, str) else []
+    if not 1 <= len(parts) <= 2 or not all(_IDENTIFIER.fullmatch(part) for part in parts):
+        raise ValueError(
+            f"invalid table name {name!r}: expected 'table' or 'schema.table', each part matching "
+            "[A-Za-z_][A-Za-z0-9_]{0,62}"
+        )
+    return (parts[0], parts[1]) if len(parts) == 2 else (None, parts[0])
+
+
+def result_key(scope: RunScope, row_key: str) -> str:
+    """The results table's primary key: SHA-256 hex of the compact JSON array of the logical key.
+
+    :param scope: the task try's scope.
+    :param row_key: the input row's key.
+    """
+    logical = [scope.dag_id, scope.task_id, scope.run_id, scope.map_index, row_key]
+    payload = json.dumps(logical, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+
+class _UTCDateTime(sa.types.TypeDecorator[dt.datetime]):
+    """A timezone-aware timestamp stored in UTC; naive values are taken as UTC.
+
+    PostgreSQL stores ``timestamptz``; SQLite and MySQL/MariaDB store naive UTC (``DATETIME(6)``
+    on MySQL, which would otherwise drop microseconds). Values always read back aware, in UTC.
+    """
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> sa.types.TypeEngine[Any]:
+        if dialect.name in _MYSQL:
+            return dialect.type_descriptor(mysql.DATETIME(fsp=6))
+        return dialect.type_descriptor(sa.DateTime(timezone=True))
+
+    def process_bind_param(self, value: dt.datetime | None, dialect: Dialect) -> dt.datetime | None:
+        if value is None:
+            return None
+        if not isinstance(value, dt.datetime):
+            raise ValueError(f"expected a datetime, got {value!r}")
+        value = value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
+        return value if dialect.name == "postgresql" else value.replace(tzinfo=None)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> dt.datetime | None:
+        if value is None:
+            return None
+        if isinstance(value, str):
+            value = dt.datetime.fromisoformat(value)
+        if value.tzinfo is None:
+            return value.replace(tzinfo=dt.UTC)  # type: ignore[no-any-return]
+        return value.astimezone(dt.UTC)  # type: ignore[no-any-return]
+
+
+def _long_text() -> sa.types.TypeEngine[str]:
+    return sa.Text().with_variant(mysql.LONGTEXT(), *_MYSQL)
+
+
+def _index_name(table: str, suffix: str) -> str:
+    name = f"ix_{table}_{suffix}"
+    if len(name) <= 60:
+        return name
+    return f"ix_{table[:40]}_{hashlib.sha256(table.encode()).hexdigest()[:8]}_{suffix}"
+
+
+def _table_options() -> dict[str, Any]:
+    """InnoDB, utf8mb4 and binary (case-sensitive) comparison of ids on MySQL/MariaDB."""
+    options = {"engine": "InnoDB", "default_charset": "utf8mb4", "collate": "utf8mb4_bin"}
+    return {f"{prefix}_{name}": value for prefix in _MYSQL for name, value in options.items()}
+
+
+def _scope_columns() -> list[sa.Column[Any]]:
+    return [
+        sa.Column("dag_id", sa.String(_ID_LENGTH), nullable=False),
+        sa.Column("task_id", sa.String(_ID_LENGTH), nullable=False),
+        sa.Column("run_id", sa.String(_ID_LENGTH), nullable=False),
+        sa.Column("map_index", sa.Integer, nullable=False),
+    ]
+
+
+def _is_transient(exc: DBAPIError) -> bool:
+    """Deadlocks and serialization failures, which a retry of the whole transaction resolves."""
+    orig = exc.orig
+    if getattr(orig, "pgcode", None) in _PG_TRANSIENT:
+        return True
+    args: tuple[Any, ...] = tuple(getattr(orig, "args", ()))
+    return bool(args) and isinstance(args[0], int) and args[0] in _MYSQL_TRANSIENT
+
+
+def _row(record: ResultRecord | UsageRecord, names: tuple[str, ...]) -> dict[str, Any]:
+    """A shallow column mapping (``as_row`` deep-copies, which costs more than the insert)."""
+    scope = record.scope
+    row = {name: getattr(record, name) for name in names}
+    row.update(dag_id=scope.dag_id, task_id=scope.task_id, run_id=scope.run_id, map_index=scope.map_index)
+    return row
+
+
+def _check_length(what: str, value: Any, limit: int) -> None:
+    if not isinstance(value, str) or not value or len(value) > limit:
+        raise ValueError(f"{what} must be a non-empty string of at most {limit} characters, got {value!r}")
+
+
+def _check_scope(scope: RunScope) -> None:
+    for name in _SCOPE:
+        _check_length(name, getattr(scope, name), _ID_LENGTH)
+
+
+class SQLSink:
+    """Writes results and usage to two tables through one SQLAlchemy engine.
+
+    :param engine: a SQLite, PostgreSQL or MySQL/MariaDB engine (for MySQL use ``charset=utf8mb4``).
+    :param results_table: ``table`` or ``schema.table`` for per-row results.
+    :param usage_table: ``table`` or ``schema.table`` for the usage ledger.
+    """
+
+    def __init__(
+        self, engine: Engine, results_table: str = "glm_results", usage_table: str = "glm_usage"
+    ) -> None:
+        res_schema, res_name = validate_table_name(results_table)
+        use_schema, use_name = validate_table_name(usage_table)
+        if (res_schema, res_name) == (use_schema, use_name):
+            raise ValueError(f"results_table and usage_table must differ, both are {results_table!r}")
+        self._dialect = engine.dialect.name
+        if self._dialect not in _SUPPORTED_DIALECTS:
+            supported = list(_SUPPORTED_DIALECTS)
+            raise ValueError(f"unsupported SQL dialect {self._dialect!r}: the SQL sink supports {supported}")
+        self._engine = engine
+        self._metadata = sa.MetaData()
+        self.results_table = sa.Table(
+            res_name,
+            self._metadata,
+            sa.Column("result_key", sa.CHAR(64), primary_key=True),
+            *_scope_columns(),
+            sa.Column("row_key", sa.String(_ROW_KEY_LENGTH), nullable=False),
+            sa.Column("status", sa.String(16), nullable=False),
+            *(sa.Column(name, _long_text()) for name in ("content", "reasoning_content")),
+            sa.Column("finish_reason", sa.String(64)),
+            sa.Column("output", sa.JSON(none_as_null=True)),
+            sa.Column("error", _long_text()),
+            sa.Column("model", sa.String(128)),
+            *(sa.Column(name, sa.Integer) for name in _TOKENS),
+            sa.Column("updated_at", _UTCDateTime(), nullable=False),
+            sa.Index(_index_name(res_name, "scope"), *_SCOPE),
+            schema=res_schema,
+            **_table_options(),
+        )
+        self.usage_table = sa.Table(
+            use_name,
+            self._metadata,
+            sa.Column("response_id", sa.String(_RESPONSE_ID_LENGTH), primary_key=True),
+            sa.Column("request_id", sa.String(_RESPONSE_ID_LENGTH)),
+            *_scope_columns(),
+            sa.Column("try_number", sa.Integer, nullable=False),
+            sa.Column("row_key", sa.String(_ROW_KEY_LENGTH)),
+            sa.Column("model", sa.String(128), nullable=False),
+            *(sa.Column(name, sa.Integer, nullable=False) for name in _USAGE_TOKENS),
+            sa.Column("cost", sa.Numeric(20, 10)),
+            sa.Column("currency", sa.String(8)),
+            sa.Column("latency_ms", sa.Integer),
+            sa.Column("created_at", _UTCDateTime(), nullable=False),
+            sa.Index(_index_name(use_name, "scope"), *_SCOPE),
+            schema=use_schema,
+            **_table_options(),
+        )
+        self._result_fields = tuple(f.name for f in fields(ResultRecord) if f.name in self.results_table.c)
+        self._usage_fields = tuple(f.name for f in fields(UsageRecord) if f.name in self.usage_table.c)
+        self._results_insert = self._build_results_upsert()
+        self._usage_insert = self._build_usage_insert()
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        results_table: str = "glm_results",
+        usage_table: str = "glm_usage",
+        **engine_kwargs: Any,
+    ) -> SQLSink:
+        """Create the engine from a URL (SQLite gets a 30 s busy timeout unless told otherwise).
+
+        :param url: a SQLAlchemy URL, e.g. ``postgresql+psycopg2://user@host/db``.
+        :param results_table: ``table`` or ``schema.table`` for per-row results.
+        :param usage_table: ``table`` or ``schema.table`` for the usage ledger.
+        :param engine_kwargs: passed to :func:`sqlalchemy.create_engine`.
+        """
+        validate_table_name(results_table)
+        validate_table_name(usage_table)
+        if sa.engine.make_url(url).get_backend_name() == "sqlite":
+            connect_args = dict(engine_kwargs.pop("connect_args", {}))
+            connect_args.setdefault("timeout", 30)
+            engine_kwargs["connect_args"] = connect_args
+        else:
+            engine_kwargs.setdefault("pool_pre_ping", True)
+        engine = sa.create_engine(url, **engine_kwargs)
+        try:
+            return cls(engine, results_table=results_table, usage_table=usage_table)
+        except ValueError:
+            engine.dispose()
+            raise
+
+    def _build_results_upsert(self) -> Insert:
+        table = self.results_table
+        updated = [
+            c.name
+            for c in table.columns
+            if not c.primary_key and c.name not in (*_SCOPE, "map_index", "row_key")
+        ]
+        if self._dialect in _MYSQL:
+            my_stmt = mysql.insert(table)
+            return my_stmt.on_duplicate_key_update({name: my_stmt.inserted[name] for name in updated})
+        stmt = (postgresql.insert if self._dialect == "postgresql" else sqlite.insert)(table)
+        upsert = stmt.on_conflict_do_update(
+            index_elements=["result_key"], set_={name: stmt.excluded[name] for name in updated}
+        )
+        return self._batched(upsert, table.c.result_key)
+
+    def _batched(self, stmt: Insert, key: sa.Column[Any]) -> Insert:
+        """On PostgreSQL, ``RETURNING`` makes SQLAlchemy batch rows into multi-row VALUES.
+
+        Without it an ``ON CONFLICT`` executemany runs row by row (SQLAlchemy issue #13130).
+        """
+        return stmt.returning(key) if self._dialect == "postgresql" else stmt
+
+    def _build_usage_insert(self) -> Insert:
+        table = self.usage_table
+        if self._dialect in _MYSQL:
+            my_stmt = mysql.insert(table)
+            return my_stmt.on_duplicate_key_update(response_id=my_stmt.inserted.response_id)
+        stmt = (postgresql.insert if self._dialect == "postgresql" else sqlite.insert)(table)
+        return self._batched(stmt.on_conflict_do_nothing(index_elements=["response_id"]), table.c.response_id)
+
+    def ensure_tables(self) -> None:
+        """Create missing tables (and their indexes); check that existing ones have every column.
+
+        Safe when several processes call it at once: a failed ``CREATE`` is followed by a fresh look.
+        """
+        tables = [self.results_table, self.usage_table]
+        for attempt in range(1, _MAX_ATTEMPTS + 1):
+            try:
+                with self._engine.begin() as conn:
+                    inspector = sa.inspect(conn)
+                    missing = [t for t in tables if not inspector.has_table(t.name, schema=t.schema)]
+                    if missing:
+                        self._metadata.create_all(conn, tables=missing, checkfirst=True)
+                break
+            except DBAPIError:
+                if attempt == _MAX_ATTEMPTS:
+                    raise
+                time.sleep(0.05 * attempt * (1 + random.random()))
+        with self._engine.connect() as conn:
+            inspector = sa.inspect(conn)
+            for table, key in ((self.results_table, "result_key"), (self.usage_table, "response_id")):
+                self._check_table(inspector, table, key)
+
+    @staticmethod
+    def _check_table(inspector: sa.Inspector, table: sa.Table, key: str) -> None:
+        existing = {
+            column["name"].lower() for column in inspector.get_columns(table.name, schema=table.schema)
+        }
+        missing = [c.name for c in table.columns if c.name.lower() not in existing]
+        if missing:
+            raise ValueError(
+                f"table {table.fullname!r} exists but lacks required column(s) {missing}: "
+                "migrate or drop it, or configure another table name"
+            )
+        keys: list[list[Any]] = [
+            inspector.get_pk_constraint(table.name, schema=table.schema)["constrained_columns"]
+        ]
+        keys += [u["column_names"] for u in inspector.get_unique_constraints(table.name, schema=table.schema)]
+        keys += [
+            i["column_names"] for i in inspector.get_indexes(table.name, schema=table.schema) if i["unique"]
+        ]
+        if not any([str(name).lower() for name in cols] == [key] for cols in keys):
+            raise ValueError(
+                f"table {table.fullname!r} exists but has no primary key or unique index on ({key})"
+            )
+
+    def write(self, results: Sequence[ResultRecord], usage: Sequence[UsageRecord]) -> None:
+        """Upsert ``results`` and insert ``usage`` (a known ``response_id`` is ignored) in one transaction.
+
+        Either both halves become visible or neither does. Deadlocks are retried a few times.
+
+        :param results: one record per input row; the last record for a repeated key wins.
+        :param usage: ledger entries; the first record for a repeated ``response_id`` wins.
+        """
+        result_rows = self._result_rows(results)
+        usage_rows = self._usage_rows(usage)
+        if not result_rows and not usage_rows:
+            return
+        for attempt in range(1, _MAX_ATTEMPTS + 1):
+            try:
+                with self._engine.begin() as conn:
+                    for statement, rows in (
+                        (self._results_insert, result_rows),
+                        (self._usage_insert, usage_rows),
+                    ):
+                        for start in range(0, len(rows), _CHUNK):
+                            conn.execute(statement, rows[start : start + _CHUNK]).close()
+                return
+            except DBAPIError as exc:
+                if attempt == _MAX_ATTEMPTS or not _is_transient(exc):
+                    raise
+                time.sleep(0.05 * 2**attempt * (1 + random.random()))
+
+    def _result_rows(self, results: Sequence[ResultRecord]) -> list[dict[str, Any]]:
+        rows: dict[str, dict[str, Any]] = {}
+        for record in results:
+            _check_scope(record.scope)
+            _check_length("row_key", record.row_key, _ROW_KEY_LENGTH)
+            if record.status not in _STATUSES:
+                raise ValueError(f"status must be one of {sorted(_STATUSES)}, got {record.status!r}")
+            row = _row(record, self._result_fields)
+            row["result_key"] = result_key(record.scope, record.row_key)
+            rows[row["result_key"]] = row
+        return [rows[key] for key in sorted(rows)]
+
+    def _usage_rows(self, usage: Sequence[UsageRecord]) -> list[dict[str, Any]]:
+        rows: dict[str, dict[str, Any]] = {}
+        for record in usage:
+            _check_scope(record.scope)
+            _check_length("response_id", record.response_id, _RESPONSE_ID_LENGTH)
+            if record.row_key is not None:
+                _check_length("row_key", record.row_key, _ROW_KEY_LENGTH)
+            if record.response_id not in rows:
+                rows[record.response_id] = _row(record, self._usage_fields)
+        return [rows[key] for key in sorted(rows)]
+
+    @staticmethod
+    def _where_scope(table: sa.Table, scope: RunScope) -> sa.ColumnElement[bool]:
+        return sa.and_(
+            table.c.dag_id == scope.dag_id,
+            table.c.task_id == scope.task_id,
+            table.c.run_id == scope.run_id,
+            table.c.map_index == scope.map_index,
+        )
+
+    def ok_row_keys(self, scope: RunScope) -> set[str]:
+        """The row keys already answered with status ``ok`` in ``scope`` (to resume a task).
+
+        :param scope: the task's dag, task, run and map index.
+        """
+        table = self.results_table
+        query = sa.select(table.c.row_key).where(self._where_scope(table, scope), table.c.status == "ok")
+        with self._engine.connect() as conn:
+            return set(conn.execute(query).scalars())
+
+    def spent(self, scope: RunScope) -> tuple[int, Decimal | None]:
+        """Tokens and cost in the ledger for ``scope``, summed over every try.
+
+        :param scope: the task's dag, task, run and map index.
+        :return: ``(total_tokens, cost)``; cost is ``None`` when no entry has a known cost.
+        """
+        table = self.usage_table
+        where = self._where_scope(table, scope)
+        tokens_query = sa.select(sa.func.coalesce(sa.func.sum(table.c.total_tokens), 0)).where(where)
+        with self._engine.connect() as conn:
+            tokens = int(conn.execute(tokens_query).scalar_one())
+            if self._dialect == "sqlite":
+                costs = list(
+                    conn.execute(sa.select(table.c.cost).where(where, table.c.cost.is_not(None))).scalars()
+                )
+                cost: Decimal | None = sum(costs, Decimal(0)) if costs else None
+            else:
+                cost = conn.execute(sa.select(sa.func.sum(table.c.cost)).where(where)).scalar_one()
+        return tokens, None if cost is None else Decimal(cost)
+
+    def results(self, scope: RunScope | None = None) -> list[dict[str, Any]]:
+        """Rows of the results table as dicts, ordered by ``row_key``.
+
+        :param scope: only this scope's rows; every row when ``None``.
+        """
+        table = self.results_table
+        query = sa.select(table).order_by(
+            table.c.row_key, *(table.c[name] for name in (*_SCOPE, "map_index"))
+        )
+        return self._fetch(query if scope is None else query.where(self._where_scope(table, scope)))
+
+    def usage(self, scope: RunScope | None = None) -> list[dict[str, Any]]:
+        """Rows of the usage ledger as dicts, ordered by ``created_at`` then ``response_id``.
+
+        :param scope: only this scope's rows; every row when ``None``.
+        """
+        table = self.usage_table
+        query = sa.select(table).order_by(table.c.created_at, table.c.response_id)
+        return self._fetch(query if scope is None else query.where(self._where_scope(table, scope)))
+
+    def spend_report(self) -> list[dict[str, Any]]:
+        """Calls, tokens and cost per day, DAG, model and currency from the ledger, newest day first."""
+        table = self.usage_table
+        day = sa.func.date(table.c.created_at).label("day")
+        query = (
+            sa.select(
+                day, table.c.dag_id, table.c.model, table.c.currency,
+                sa.func.count().label("calls"),
+                sa.func.sum(table.c.prompt_tokens).label("prompt_tokens"),
+                sa.func.sum(table.c.completion_tokens).label("completion_tokens"),
+                sa.func.sum(table.c.total_tokens).label("total_tokens"),
+                sa.func.sum(table.c.cost).label("cost"),
+            )
+            .group_by(day, table.c.dag_id, table.c.model, table.c.currency)
+            .order_by(day.desc(), table.c.dag_id, table.c.model)
+        )
+        rows = self._fetch(query)
+        for row in rows:
+            row["day"] = str(row["day"])[:10]
+            row["cost"] = None if row["cost"] is None else float(row["cost"])
+            for name in ("calls", "prompt_tokens", "completion_tokens", "total_tokens"):
+                row[name] = int(row[name] or 0)
+        return rows
+
+    def _fetch(self, query: sa.Select[Any]) -> list[dict[str, Any]]:
+        with self._engine.connect() as conn:
+            return [dict(row) for row in conn.execute(query).mappings()]
+
+    def dispose(self) -> None:
+        """Close the engine's pooled connections."""
+        self._engine.dispose()
