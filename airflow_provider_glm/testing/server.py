@@ -1,0 +1,315 @@
+"""A GLM-compatible HTTP server on loopback, for tests, demos and benchmarks.
+
+The server runs ``asyncio.start_server`` on its own event loop in a daemon thread and speaks
+hand-parsed HTTP/1.1, so faults (hangs, drops, half bodies, trickles) are byte-exact. Endpoints
+live in separate modules that expose ``register(server)``; see :mod:`.routing`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any
+
+from airflow_provider_glm.testing._http import (
+    MAX_HEAD_BYTES,
+    HTTPProtocolError,
+    HTTPRequest,
+    read_request,
+    render_head,
+)
+from airflow_provider_glm.testing.auth import check_authorization
+from airflow_provider_glm.testing.faults import Fault
+from airflow_provider_glm.testing.records import BilledResponse, RecordedRequest, ServerStats
+from airflow_provider_glm.testing.routing import Handler, RequestContext, Router
+from airflow_provider_glm.testing.state import Rule, ServerState
+
+log = logging.getLogger(__name__)
+
+ROUTE_MODULES: tuple[str, ...] = ("airflow_provider_glm.testing.completions",)
+
+
+class GLMTestServer:
+    """GLM API on ``http://host:port/api/paas/v4`` (and ``/api/coding/paas/v4``).
+
+    Use as a context manager, or call :meth:`start` and :meth:`stop`. Settings (``latency``,
+    ``latency_jitter``, ``concurrency_limit``, ``rate_limit_fraction``, ``seed``) may change at any time.
+
+    :param api_key: the key accepted as ``Bearer <key>``; an ``id.secret`` key also accepts GLM JWTs.
+    :param latency: seconds to wait before each chat answer.
+    :param host: interface to bind.
+    :param port: port to bind, 0 for a free one.
+    :param latency_jitter: add a uniform random ``[0, latency_jitter)`` seconds to the latency.
+    :param concurrency_limit: chat requests served at once; more get 429/1302 at once. None: unlimited.
+    :param rate_limit_fraction: probability of a random 429/1302 answer.
+    :param seed: seed of the random generator behind jitter and random rate limiting.
+    :param route_modules: modules whose ``register(server)`` adds endpoints.
+    """
+
+    def __init__(
+        self,
+        api_key: str = "test-key",
+        latency: float = 0.0,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        latency_jitter: float = 0.0,
+        concurrency_limit: int | None = None,
+        rate_limit_fraction: float = 0.0,
+        seed: int | None = 0,
+        route_modules: tuple[str, ...] = ROUTE_MODULES,
+    ) -> None:
+        self.api_key = api_key
+        self.latency = latency
+        self.latency_jitter = latency_jitter
+        self.concurrency_limit = concurrency_limit
+        self.rate_limit_fraction = rate_limit_fraction
+        self.host = host
+        self.state = ServerState(seed)
+        self.router = Router()
+        self.extensions: dict[str, Any] = {}
+        self._seed = seed
+        self._requested_port = port
+        self._port: int | None = None
+        self._reset_hooks: list[Callable[[], None]] = []
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop_event: asyncio.Event | None = None
+        self._ready = threading.Event()
+        self._startup_error: BaseException | None = None
+        self._connections: set[asyncio.Task[Any]] = set()
+        for name in route_modules:
+            importlib.import_module(name).register(self)
+
+    def route(self, method: str, pattern: str, handler: Handler, *, auth: bool = True) -> None:
+        """Add an endpoint.
+
+        :param method: HTTP method.
+        :param pattern: path relative to the API base; ``{name}`` segments capture into ``ctx.params``.
+        :param handler: ``async def handler(ctx: RequestContext) -> None``.
+        :param auth: check the Authorization header first.
+        """
+        self.router.add(method, pattern, handler, auth=auth)
+
+    def on_reset(self, hook: Callable[[], None]) -> None:
+        """Call ``hook`` on every :meth:`reset` (for endpoint modules keeping their own state).
+
+        :param hook: callable without arguments.
+        """
+        self._reset_hooks.append(hook)
+
+    @property
+    def seed(self) -> int | None:
+        """Seed of the random generator; setting it restarts the generator."""
+        return self._seed
+
+    @seed.setter
+    def seed(self, value: int | None) -> None:
+        self._seed = value
+        self.state.reseed(value)
+
+    @property
+    def port(self) -> int:
+        """The bound port (after :meth:`start`)."""
+        if self._port is None:
+            raise RuntimeError("GLMTestServer is not started")
+        return self._port
+
+    @property
+    def root_url(self) -> str:
+        """``http://host:port`` without the API path."""
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def base_url(self) -> str:
+        """``http://host:port/api/paas/v4``."""
+        return f"{self.root_url}/api/paas/v4"
+
+    @property
+    def coding_base_url(self) -> str:
+        """``http://host:port/api/coding/paas/v4``."""
+        return f"{self.root_url}/api/coding/paas/v4"
+
+    def script(self, *faults: Fault) -> None:
+        """Queue faults; each applies to the next chat request that passes auth and admission.
+
+        :param faults: faults in order.
+        """
+        with self.state.lock:
+            self.state.script.extend(faults)
+
+    def add_rule(self, match: str, fault: Fault, times: int | None = None) -> Rule:
+        """Apply ``fault`` to requests whose raw JSON body text contains ``match``.
+
+        Scripted faults go first; among rules the first added that matches wins.
+
+        :param match: substring of the raw body.
+        :param fault: fault to apply.
+        :param times: how many requests it applies to; None for all.
+        :return: the rule (its ``hits`` and ``remaining`` update live).
+        """
+        rule = Rule(match=match, fault=fault, remaining=times)
+        with self.state.lock:
+            self.state.rules.append(rule)
+        return rule
+
+    @property
+    def stats(self) -> ServerStats:
+        """A snapshot of the counters."""
+        return self.state.stats()
+
+    @property
+    def requests(self) -> list[RecordedRequest]:
+        """Copies of the recorded requests, in arrival order."""
+        return self.state.recorded()
+
+    @property
+    def billed(self) -> list[BilledResponse]:
+        """The billed completions, in generation order."""
+        return self.state.billed_list()
+
+    def reset(self) -> None:
+        """Clear the fault queue, rules, records and counters (settings stay)."""
+        self.state.reset()
+        for hook in self._reset_hooks:
+            hook()
+
+    def start(self) -> GLMTestServer:
+        """Bind and serve in a background thread; return once the port is bound."""
+        if self._thread is not None:
+            raise RuntimeError("GLMTestServer is already started")
+        self._ready.clear()
+        self._startup_error = None
+        self._thread = threading.Thread(target=self._run, name="glm-test-server", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(timeout=30):
+            raise RuntimeError("GLMTestServer did not start within 30 s")
+        if self._startup_error is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+            raise self._startup_error
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Close every connection and stop the server thread.
+
+        :param timeout: seconds to wait for the thread.
+        """
+        thread, loop, event = self._thread, self._loop, self._stop_event
+        if thread is None:
+            return
+        if loop is not None and event is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(event.set)
+        thread.join(timeout=timeout)
+        self._thread = None
+
+    def __enter__(self) -> GLMTestServer:
+        return self.start()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        where = self.base_url if self._port is not None else "not started"
+        return f"GLMTestServer({where})"
+
+    def _run(self) -> None:
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        try:
+            loop.run_until_complete(self._main())
+        except BaseException as exc:
+            self._startup_error = self._startup_error or exc
+            self._ready.set()
+        finally:
+            loop.close()
+
+    async def _main(self) -> None:
+        self._stop_event = asyncio.Event()
+        try:
+            server = await asyncio.start_server(self._serve_connection, self.host, self._requested_port,
+                                                limit=MAX_HEAD_BYTES, backlog=1024, reuse_address=True)
+        except OSError as exc:
+            self._startup_error = exc
+            self._ready.set()
+            return
+        self._port = server.sockets[0].getsockname()[1]
+        self._ready.set()
+        await self._stop_event.wait()
+        server.close()
+        tasks = list(self._connections)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await server.wait_closed()
+
+    async def _serve_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._connections.add(task)
+        try:
+            while True:
+                try:
+                    request = await read_request(reader, writer)
+                except HTTPProtocolError as exc:
+                    body = json.dumps({"error": {"code": "1200", "message": exc.message}}).encode()
+                    writer.write(render_head(exc.status, [("Content-Type", "application/json"),
+                                                          ("Content-Length", str(len(body))),
+                                                          ("Connection", "close")]) + body)
+                    await writer.drain()
+                    return
+                if request is None:
+                    return
+                ctx = self._open(request, writer)
+                try:
+                    await self._dispatch(ctx)
+                except (ConnectionError, asyncio.IncompleteReadError):
+                    ctx.close_connection = True
+                except Exception:
+                    log.exception("GLMTestServer handler failed for %s %s", request.method, request.path)
+                    if not ctx.head_sent:
+                        await ctx.send_error(500, "500", "Internal error in GLMTestServer")
+                    ctx.close_connection = True
+                finally:
+                    self.state.finish(ctx.record, ctx.admitted)
+                if ctx.close_connection:
+                    return
+        except (ConnectionError, asyncio.IncompleteReadError, asyncio.CancelledError):
+            pass
+        finally:
+            writer.close()
+            if task is not None:
+                self._connections.discard(task)
+
+    def _open(self, request: HTTPRequest, writer: asyncio.StreamWriter) -> RequestContext:
+        body: Any = None
+        if request.body:
+            with contextlib.suppress(ValueError):
+                body = json.loads(request.body)
+        record = RecordedRequest(method=request.method, path=request.path, headers=dict(request.headers),
+                                 body=body, raw_body=request.body, started_at=time.monotonic())
+        self.state.begin(record)
+        return RequestContext(self, request, record, writer)
+
+    async def _dispatch(self, ctx: RequestContext) -> None:
+        found = self.router.match(ctx.request.method, ctx.request.path)
+        if found is None:
+            await ctx.send_error(404, "1222", f"The API you requested does not exist: "
+                                              f"{ctx.request.method} {ctx.request.path}")
+            return
+        route, ctx.params = found
+        if route.auth:
+            failure = check_authorization(ctx.request.headers.get("authorization"), self.api_key)
+            if failure is not None:
+                await ctx.send_error(failure.status, failure.code, failure.message)
+                return
+        await route.handler(ctx)
