@@ -125,6 +125,7 @@ class GLMChatOperator(BaseOperator):
         self.glm_conn_id = glm_conn_id
         self.request_params = request_params or {}
         self.rows = rows
+        self._row_mode = rows is not None
         self.columns = columns
         self.row_key = row_key
         self.max_concurrency = max_concurrency
@@ -145,7 +146,8 @@ class GLMChatOperator(BaseOperator):
 
     @property
     def row_mode(self) -> bool:
-        return self.rows is not None
+        """Whether ``rows`` was given (decided at construction: an upstream ``None`` is an error, not a prompt)."""
+        return self._row_mode
 
     def _do_render_template_fields(self, parent: Any, template_fields: Any, context: Any, jinja_env: Any,
                                    seen_oids: set[int]) -> None:
@@ -166,9 +168,12 @@ class GLMChatOperator(BaseOperator):
 
         if not isinstance(self.request_params, Mapping) or self.request_params.get("stream"):
             raise ValueError("request_params must be a mapping and cannot ask for stream=True")
+        params = dict(self.request_params)
+        if self.output_schema is not None:
+            params.setdefault("response_format", {"type": "json_object"})
         hook = self.hook
         model = self.model or hook.settings.model
-        output = OutputSpec(self.request_params.get("response_format"), self.output_schema)
+        output = OutputSpec(params.get("response_format"), self.output_schema)
         messages = prompt_messages(self.prompt, self.system_prompt, self.messages)
         if self.row_mode:
             rows = normalize_rows(self.rows, self.columns, self.row_key)
@@ -177,9 +182,9 @@ class GLMChatOperator(BaseOperator):
             rows = [Row(_SINGLE_ROW_KEY, {})]
             template = _Literal(messages)
         for row in rows:
-            build_chat_request(model, template.render(row), **self.request_params)
+            build_chat_request(model, template.render(row), **params)
         sink = self._sink(len(rows))
-        runner = self._runner(context, hook, model, template, output, sink)
+        runner = self._runner(context, hook, model, params, template, output, sink)
         try:
             totals = asyncio.run(self._run(runner, hook, rows))
         finally:
@@ -217,8 +222,8 @@ class GLMChatOperator(BaseOperator):
         sink.ensure_tables()
         return sink
 
-    def _runner(self, context: Context, hook: GLMHook, model: str, template: Any, output: Any,
-                sink: SQLSink | None) -> RowRunner:
+    def _runner(self, context: Context, hook: GLMHook, model: str, params: dict[str, Any], template: Any,
+                output: Any, sink: SQLSink | None) -> RowRunner:
         from airflow_provider_glm.pricing import PriceTable, compute_cost
         from airflow_provider_glm.runner import RowRunner, RunLimits
         from airflow_provider_glm.sinks.records import RunScope
@@ -241,7 +246,7 @@ class GLMChatOperator(BaseOperator):
         )
         return RowRunner(
             client=None,  # type: ignore[arg-type]  # set in _run, inside the event loop
-            model=model, request_params=dict(self.request_params), template=template, output=output,
+            model=model, request_params=params, template=template, output=output,
             scope=scope, try_number=ti.try_number or 1, pricer=pricer, sink=sink, limits=limits,
             keep_values=self.max_xcom_rows, fail_on_truncation=self.fail_on_truncation, log=self.log,
             on_billed=None if self.row_mode else lambda usage: self._push_usage(context, usage),

@@ -15,48 +15,22 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from _databases import BACKENDS, server_url
+
 from airflow_provider_glm.sinks.records import ResultRecord, RunScope, UsageRecord
 from airflow_provider_glm.sinks.sql import SQLSink, result_key, validate_table_name
 
-PG_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
-MYSQL_URL = "mysql+pymysql://root@127.0.0.1:3306/test?charset=utf8mb4"
 SCOPE = RunScope("dag", "task", "run-1")
 OTHER = RunScope("dag", "task", "run-2")
 MAPPED = RunScope("dag", "task", "run-1", map_index=3)
 UNREACHABLE = "postgresql+psycopg2://nobody@127.0.0.1:1/none"
-
-BACKENDS = [
-    pytest.param("sqlite", id="sqlite"),
-    pytest.param("postgresql", id="postgresql", marks=pytest.mark.postgres),
-    pytest.param("mysql", id="mariadb", marks=pytest.mark.mysql),
-]
-_reachable: dict[str, str | None] = {}
-
-
-def _server_url(backend: str) -> str:
-    url = PG_URL if backend == "postgresql" else MYSQL_URL
-    if backend not in _reachable:
-        probe = sa.create_engine(url, connect_args={"connect_timeout": 3}, poolclass=sa.pool.NullPool)
-        try:
-            with probe.connect() as conn:
-                conn.execute(sa.text("SELECT 1"))
-            _reachable[backend] = None
-        except Exception as exc:  # noqa: BLE001
-            _reachable[backend] = f"{type(exc).__name__}: {exc}".splitlines()[0]
-        finally:
-            probe.dispose()
-    reason = _reachable[backend]
-    if reason is not None:
-        pytest.skip(f"{backend} server not reachable at {url}: {reason}")
-    return url
-
 
 @pytest.fixture(params=BACKENDS)
 def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
     if request.param == "sqlite":
         eng = sa.create_engine(f"sqlite:///{tmp_path / 'sink.db'}", connect_args={"timeout": 30})
     else:
-        eng = sa.create_engine(_server_url(request.param), pool_pre_ping=True)
+        eng = sa.create_engine(server_url(request.param), pool_pre_ping=True)
     yield eng
     eng.dispose()
 
@@ -404,7 +378,7 @@ def test_concurrent_upserts_of_the_same_keys(sink: SQLSink) -> None:
     ],
 )
 def test_schema_qualified_tables(backend: str) -> None:
-    url = _server_url(backend)
+    url = server_url(backend)
     admin = sa.create_engine(url)
     schema = f"glm_schema_{uuid.uuid4().hex[:10]}"
     statement = "CREATE SCHEMA" if backend == "postgresql" else "CREATE DATABASE"
