@@ -78,6 +78,16 @@ def test_nightly_summary_and_spend_report(dag_env: dict[str, str], glm_server: A
     assert len(usage) == glm_server.stats.billed_responses == 60
     assert sum(u["total_tokens"] for u in usage) == glm_server.stats.billed_total_tokens
 
+    metadata = sa.create_engine(f"sqlite:///{os.environ['AIRFLOW_HOME']}/airflow.db")
+    with metadata.connect() as conn:
+        rendered = conn.execute(sa.text(
+            "SELECT rendered_fields FROM rendered_task_instance_fields WHERE task_id = 'summarize_reviews'"
+        )).scalar_one()
+    metadata.dispose()
+    rows_shown = json.loads(rendered)["rows"] if isinstance(rendered, str) else rendered["rows"]
+    assert len(str(rows_shown)) < 4500, "the UI copy of `rows` must be truncated, not the whole warehouse"
+    assert "Review 0" in str(rows_shown)
+
     report = run_dag("glm_spend_report", dag_env)
     line = next(x for x in report.splitlines() if "glm_nightly_summary" in x and "glm-4.5" in x)
     assert f" 60 " in line and str(glm_server.stats.billed_total_tokens) in line
