@@ -90,7 +90,11 @@ class RunTotals:
     currency: str | None = None
     spent_before_tokens: int = 0
     spent_before_cost: Decimal | None = None
+    stop_kind: str | None = None
+    """Why dispatching stopped early: ``fatal``, ``deadline`` or ``budget`` (``None``: it did not)."""
     stop_reason: str | None = None
+    mixed_currencies: bool = False
+    """Prices in more than one currency: the run's total cost is unknown (each ledger row keeps its own)."""
     failures: list[str] = field(default_factory=list)
 
     @property
@@ -104,9 +108,13 @@ class RunTotals:
         self.prompt_tokens += usage.prompt_tokens
         self.completion_tokens += usage.completion_tokens
         self.total_tokens += usage.total_tokens
-        if usage.cost is not None:
-            self.cost = (self.cost or Decimal(0)) + usage.cost
-            self.currency = self.currency or usage.currency
+        if usage.cost is None or self.mixed_currencies:
+            return
+        if self.currency is not None and usage.currency != self.currency:
+            self.mixed_currencies, self.cost = True, None
+            return
+        self.cost = (self.cost or Decimal(0)) + usage.cost
+        self.currency = usage.currency
 
     def as_dict(self) -> dict[str, Any]:
         """Plain JSON values, for XCom."""
@@ -137,7 +145,8 @@ def outcome_of(
 class RowRunner:
     """Runs rows to completion. One instance per task try.
 
-    :param client: the async client (owned by the caller).
+    :param client: the async client, or one client per group of workers (owned by the caller). httpx's
+        connection pool scans every connection per request, so several small pools beat one large one.
     :param model: model name sent with every row.
     :param request_params: other request options, validated once before the run.
     :param template: renders a row's messages.
@@ -151,7 +160,7 @@ class RowRunner:
     :param fail_on_truncation: a ``length`` finish fails the row instead of warning.
     """
 
-    def __init__(self, *, client: AsyncGLMClient, model: str, request_params: dict[str, Any],
+    def __init__(self, *, client: AsyncGLMClient | Sequence[AsyncGLMClient], model: str, request_params: dict[str, Any],
                  template: MessageTemplate, output: OutputSpec, scope: RunScope, try_number: int,
                  pricer: Pricer, sink: SQLSink | None, limits: RunLimits, keep_values: int,
                  fail_on_truncation: bool = False, log: logging.Logger | None = None,
@@ -197,44 +206,51 @@ class RowRunner:
         queue = iter(pending)
         progress = asyncio.create_task(self._progress())
         try:
-            workers = [asyncio.create_task(self._worker(queue)) for _ in range(max(1, self.limits.max_concurrency))]
+            clients = self.client if isinstance(self.client, Sequence) else [self.client]
+            count = max(1, self.limits.max_concurrency)
+            workers = [
+                asyncio.create_task(self._worker(queue, clients[i * len(clients) // count])) for i in range(count)
+            ]
             await asyncio.gather(*workers)
         finally:
             progress.cancel()
             await self._flush(force=True)
         if self._truncated and not self.fail_on_truncation:
-            self.log.warning("%d answers were cut at max_tokens (finish_reason=length).", self._truncated)
+            self.log.warning("%d answers were cut short (finish_reason length or model_context_window_exceeded).",
+                             self._truncated)
         self._log_progress(final=True)
         return totals
 
-    def _stop_reason(self) -> str | None:
+    def _stop(self) -> tuple[str, str] | None:
+        """``(kind, reason)`` when no new row may start, else ``None``."""
         if self.fatal is not None:
-            return f"not sent: {type(self.fatal).__name__}: {self.fatal}"
+            return "fatal", f"not sent: {type(self.fatal).__name__}: {self.fatal}"
         limits, totals = self.limits, self.totals
         if limits.deadline is not None and time.monotonic() >= limits.deadline:
-            return "not sent: the task's execution_timeout was reached"
+            return "deadline", "not sent: the task's execution_timeout was reached"
         spent_tokens = totals.spent_before_tokens + totals.total_tokens
         if limits.max_total_tokens is not None and spent_tokens >= limits.max_total_tokens:
-            return f"not sent: budget max_total_tokens={limits.max_total_tokens} reached ({spent_tokens} spent)"
+            return "budget", f"not sent: budget max_total_tokens={limits.max_total_tokens} reached ({spent_tokens} spent)"
         if limits.max_cost is not None:
             spent_cost = (totals.spent_before_cost or Decimal(0)) + (totals.cost or Decimal(0))
             if spent_cost >= limits.max_cost:
-                return f"not sent: budget max_cost={limits.max_cost} reached ({spent_cost:.6f} spent)"
+                return "budget", f"not sent: budget max_cost={limits.max_cost} reached ({spent_cost:.6f} spent)"
         return None
 
-    async def _worker(self, queue: Any) -> None:
+    async def _worker(self, queue: Any, client: AsyncGLMClient) -> None:
         for row in queue:
-            reason = self._stop_reason()
-            if reason is not None:
-                self.totals.stop_reason = self.totals.stop_reason or reason
-                await self._record(ResultRecord(self.scope, row.key, "skipped", error=reason), None)
+            stop = self._stop()
+            if stop is not None:
+                if self.totals.stop_kind is None:
+                    self.totals.stop_kind, self.totals.stop_reason = stop
+                await self._record(ResultRecord(self.scope, row.key, "skipped", error=stop[1]), None)
                 continue
-            await self._process(row)
+            await self._process(row, client)
 
-    async def _process(self, row: Row) -> None:
+    async def _process(self, row: Row, client: AsyncGLMClient) -> None:
         messages = self.template.render(row)
         try:
-            completion = await self.client.chat_completion(
+            completion = await client.chat_completion(
                 self.model, messages, deadline=self.limits.deadline, **self.params
             )
         except GLMError as exc:
@@ -248,7 +264,7 @@ class RowRunner:
         if self.on_billed is not None:
             self.on_billed(usage)
         status, output, error = outcome_of(completion, self.output, self.fail_on_truncation)
-        if completion.finish_reason == "length":
+        if completion.finish_reason in ("length", "model_context_window_exceeded"):
             self._truncated += 1
         result = ResultRecord(
             self.scope, row.key, status,

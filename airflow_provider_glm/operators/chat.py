@@ -19,6 +19,7 @@ Example::
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import Mapping, Sequence
@@ -39,7 +40,9 @@ if TYPE_CHECKING:
 __all__ = ["GLMChatOperator"]
 
 _MESSAGE_FIELDS = ("prompt", "system_prompt", "messages")
-_SINGLE_ROW_KEY = ""
+_SINGLE_ROW_KEY = "single"
+_WORKERS_PER_POOL = 8
+"""Workers sharing one httpx pool: its per-request scan grows with pool size (measured in benchmarks/)."""
 
 
 class GLMChatOperator(BaseOperator):
@@ -176,6 +179,8 @@ class GLMChatOperator(BaseOperator):
         output = OutputSpec(params.get("response_format"), self.output_schema)
         messages = prompt_messages(self.prompt, self.system_prompt, self.messages)
         if self.row_mode:
+            if "request_id" in params:
+                raise ValueError("request_params.request_id would repeat on every row (GLM refuses duplicates, 1231)")
             rows = normalize_rows(self.rows, self.columns, self.row_key)
             template: Any = MessageTemplate(messages, context)
         else:
@@ -195,8 +200,15 @@ class GLMChatOperator(BaseOperator):
         return self._row_result(context, runner, totals, rows, sink)
 
     async def _run(self, runner: RowRunner, hook: GLMHook, rows: list[Row]) -> RunTotals:
-        async with hook.get_async_client(max_connections=max(self.max_concurrency, 1)) as client:
-            runner.client = client
+        concurrency = runner.limits.max_concurrency
+        pools = -(-concurrency // _WORKERS_PER_POOL)
+        async with contextlib.AsyncExitStack() as stack:
+            runner.client = [
+                await stack.enter_async_context(
+                    hook.get_async_client(max_connections=-(-concurrency // pools))
+                )
+                for _ in range(pools)
+            ]
             return await runner.run(rows)
 
     def _sink(self, row_count: int) -> SQLSink | None:
@@ -231,6 +243,11 @@ class GLMChatOperator(BaseOperator):
         ti = context["ti"]
         scope = RunScope(ti.dag_id, ti.task_id, ti.run_id, ti.map_index if ti.map_index is not None else -1)
         table = PriceTable.default().with_overrides(hook.settings.prices).with_overrides(self.prices)
+
+        if self.max_cost is not None and table.lookup(model) is None:
+            raise ValueError(
+                f"max_cost needs a price for model {model!r}, which the price table lacks; add it with `prices`"
+            )
 
         def pricer(model: str, prompt: int, completion: int, cached: int) -> tuple[Decimal | None, str | None]:
             price = table.lookup(model)
@@ -277,6 +294,7 @@ class GLMChatOperator(BaseOperator):
 
         if runner.fatal is not None:
             raise AirflowFailException(f"GLM refused the account: {runner.fatal}") from runner.fatal
+        self._raise_if_stopped(totals)
         if runner.first_error is not None:
             raise runner.first_error
         if totals.failed or totals.filtered:
@@ -292,7 +310,7 @@ class GLMChatOperator(BaseOperator):
                     sink: SQLSink | None) -> Any:
         from airflow.sdk.exceptions import AirflowFailException
 
-        from airflow_provider_glm.exceptions import GLMBudgetExceededError, GLMRowsFailedError
+        from airflow_provider_glm.exceptions import GLMRowsFailedError
 
         summary = totals.as_dict()
         summary.update(results_table=self.results_table if sink else None,
@@ -304,10 +322,7 @@ class GLMChatOperator(BaseOperator):
                 f"GLM refused the account ({runner.fatal}); {totals.skipped} rows were not sent. "
                 "Retrying cannot help until the account is fixed."
             ) from runner.fatal
-        if totals.stop_reason and "budget" in totals.stop_reason:
-            raise AirflowFailException(str(GLMBudgetExceededError(
-                f"{totals.stop_reason}; {totals.skipped} rows recorded as skipped"
-            )))
+        self._raise_if_stopped(totals)
         if totals.failed > self.max_failed_rows or (
             self.max_filtered_rows is not None and totals.filtered > self.max_filtered_rows
         ):
@@ -317,6 +332,19 @@ class GLMChatOperator(BaseOperator):
                 f"are written. First failures: {'; '.join(totals.failures[:5])}"
             )
         return self._return_value(runner, rows, sink, summary)
+
+    @staticmethod
+    def _raise_if_stopped(totals: RunTotals) -> None:
+        """Fail for a budget (no retry: the budget counts every try) or a timeout (retryable)."""
+        from airflow.sdk.exceptions import AirflowFailException, AirflowTaskTimeout
+
+        from airflow_provider_glm.exceptions import GLMBudgetExceededError
+
+        message = f"{totals.stop_reason}; {totals.skipped} rows recorded as skipped"
+        if totals.stop_kind == "budget":
+            raise AirflowFailException(message) from GLMBudgetExceededError(message)
+        if totals.stop_kind == "deadline":
+            raise AirflowTaskTimeout(message)
 
     def _return_value(self, runner: RowRunner, rows: list[Row], sink: SQLSink | None,
                       summary: dict[str, Any]) -> Any:

@@ -238,3 +238,37 @@ def test_json_rows_validated_by_json_schema(glm_conn: Any, context: dict[str, An
         row_operator(None, rows=data, prompt="{{ row.text }}", output_schema=schema).execute(context)
     out = row_operator(None, rows=data[:1], prompt="{{ row.text }}", output_schema=schema).execute(context)
     assert out == [{"summary": "short", "chars": 5}]
+
+
+def test_single_request_over_budget_fails_instead_of_returning_none(
+    glm_conn: Any, context: dict[str, Any], tmp_path: Path
+) -> None:
+    url = f"sqlite:///{tmp_path / 'w.db'}"
+    glm_conn.script(Fault.content("not json"))
+    with pytest.raises(GLMInvalidOutputError):
+        GLMChatOperator(task_id="glm", prompt="first", sqlalchemy_url=url, output_schema=Summary).execute(context)
+    retry = {**context, "ti": type(context["ti"])(try_number=2)}
+    with pytest.raises(AirflowFailException, match="max_total_tokens=5"):
+        GLMChatOperator(task_id="glm", prompt="first", sqlalchemy_url=url, output_schema=Summary,
+                        max_total_tokens=5).execute(retry)
+    assert glm_conn.stats.requests == 1
+    assert SQLSink.from_url(url).results(SCOPE)[0]["status"] == "skipped"
+
+
+def test_max_cost_on_an_unpriced_model_is_refused_before_calls(glm_conn: Any, context: dict[str, Any]) -> None:
+    with pytest.raises(ValueError, match="needs a price for model 'my-finetune'"):
+        row_operator(None, rows=rows(2), model="my-finetune", max_cost=1.0).execute(context)
+    assert glm_conn.stats.requests == 0
+
+
+def test_request_id_in_row_mode_is_refused(glm_conn: Any, context: dict[str, Any]) -> None:
+    with pytest.raises(ValueError, match="request_id"):
+        row_operator(None, rows=rows(2), request_params={"request_id": "abcdef12"}).execute(context)
+    assert glm_conn.stats.requests == 0
+
+
+def test_cost_budget_stops_dispatch(glm_conn: Any, context: dict[str, Any], tmp_path: Path) -> None:
+    with pytest.raises(AirflowFailException, match="max_cost"):
+        row_operator(f"sqlite:///{tmp_path / 'w.db'}", rows=rows(30), max_concurrency=1,
+                     max_cost=0.00005).execute(context)
+    assert 0 < glm_conn.stats.requests < 30
