@@ -44,6 +44,9 @@ class _GLMDecoratedOperator(DecoratedOperator, GLMChatOperator):
     def __init__(self, *, python_callable: Callable[..., Any], op_args: Collection[Any] | None = None,
                  op_kwargs: Mapping[str, Any] | None = None, **kwargs: Any) -> None:
         kwargs.pop("multiple_outputs", None)
+        given = sorted(k for k in ("prompt", "messages") if k in kwargs)
+        if given:
+            raise TypeError(f"@task.glm takes the prompt from the function's return value; drop {given}")
         super().__init__(
             python_callable=python_callable, op_args=op_args, op_kwargs=op_kwargs, multiple_outputs=False,
             prompt=_SET_DURING_EXECUTION, **kwargs,

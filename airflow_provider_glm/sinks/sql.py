@@ -438,7 +438,10 @@ class SQLSink:
     def spend_report(self) -> list[dict[str, Any]]:
         """Calls, tokens and cost per day, DAG, model and currency from the ledger, newest day first."""
         table = self.usage_table
-        day = sa.func.date(table.c.created_at).label("day")
+        created = table.c.created_at
+        if self._dialect == "postgresql":
+            created = sa.func.timezone("UTC", created)
+        day = sa.func.date(created).label("day")
         query = (
             sa.select(
                 day, table.c.dag_id, table.c.model, table.c.currency,

@@ -272,3 +272,39 @@ def test_cost_budget_stops_dispatch(glm_conn: Any, context: dict[str, Any], tmp_
         row_operator(f"sqlite:///{tmp_path / 'w.db'}", rows=rows(30), max_concurrency=1,
                      max_cost=0.00005).execute(context)
     assert 0 < glm_conn.stats.requests < 30
+
+
+@pytest.mark.parametrize("backend", BACKENDS[:2])  # MariaDB runs through sqlalchemy_url above
+def test_sql_conn_id_uses_the_connections_engine(glm_conn: Any, context: dict[str, Any], tmp_path: Path,
+                                                 backend: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sqlalchemy as sa
+
+    url = sa.engine.make_url(backend_url(backend, tmp_path))
+    suffix = tmp_path.name[-6:].replace("-", "_")
+    if backend == "sqlite":
+        conn = {"conn_type": "sqlite", "host": url.database}
+    else:
+        conn = {"conn_type": "postgres", "host": url.host, "port": url.port, "login": url.username,
+                "schema": url.database}
+    monkeypatch.setenv("AIRFLOW_CONN_WAREHOUSE", __import__("json").dumps(conn))
+    op = row_operator(None, rows=rows(3), sql_conn_id="warehouse", results_table=f"r_{suffix}",
+                      usage_table=f"u_{suffix}")
+    assert len(op.execute(context)) == 3
+    sink = SQLSink.from_url(str(url.render_as_string(hide_password=False)), results_table=f"r_{suffix}",
+                            usage_table=f"u_{suffix}")
+    try:
+        assert [r["status"] for r in sink.results(SCOPE)] == ["ok"] * 3
+    finally:
+        sink.results_table.drop(sink._engine, checkfirst=True)
+        sink.usage_table.drop(sink._engine, checkfirst=True)
+        sink.dispose()
+
+
+def test_literal_rows_in_the_dag_are_not_rendered(glm_conn: Any) -> None:
+    from airflow.sdk import DAG
+
+    with DAG("literal_rows", schedule=None):
+        op = row_operator(None, rows=[{"id": 1, "text": "{{ 7*7 }}"}])
+    op._do_render_template_fields(op, op.template_fields, {"ds": "x"}, op.get_template_env(), set())
+    assert op.rows == [{"id": 1, "text": "{{ 7*7 }}"}]
+    assert op.prompt == "Summarize: {{ row.text }}"
