@@ -24,6 +24,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
+from pydantic import ValidationError
 
 from airflow_provider_glm import constants
 from airflow_provider_glm.auth import APIKey, AuthMode, Credentials
@@ -164,14 +165,24 @@ class _ClientCore:
             raise GLMInvalidResponseError(
                 "GLM answered 200 without choices", status_code=200, request_id=request_id
             )
-        completion = ChatCompletion.model_validate(body)
-        return completion
+        try:
+            return ChatCompletion.model_validate(body)
+        except ValidationError as exc:
+            raise GLMInvalidResponseError(
+                f"GLM answered 200 with a malformed completion ({exc.error_count()} field error(s))",
+                status_code=200,
+                request_id=request_id,
+            ) from None
 
     def transport_error(self, exc: httpx.HTTPError, request_id: str | None) -> GLMError:
         """Map an httpx failure to the error tree (the message never carries headers)."""
+        error: GLMError
         if isinstance(exc, httpx.TimeoutException):
-            return GLMTimeoutError(f"GLM call timed out ({type(exc).__name__})", request_id=request_id)
-        return GLMConnectionError(f"GLM connection failed ({type(exc).__name__}: {exc})", request_id=request_id)
+            error = GLMTimeoutError(f"GLM call timed out ({type(exc).__name__})", request_id=request_id)
+        else:
+            error = GLMConnectionError(f"GLM connection failed ({type(exc).__name__}: {exc})", request_id=request_id)
+        error.request_sent = not isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout))
+        return error
 
     def retry_delay(self, error: GLMError, attempt: int, deadline: float | None) -> float | None:
         """Seconds to wait before retrying, ``None`` to give up; a JWT expiry (1003) re-signs once."""
@@ -183,9 +194,9 @@ class _ClientCore:
     @staticmethod
     def maybe_billed(error: GLMError) -> bool:
         """Whether a failed attempt may still have been billed: it broke after the request went out."""
-        return isinstance(error, (GLMConnectionError, GLMTimeoutError)) or (
-            isinstance(error, GLMInvalidResponseError) and error.status_code == 200
-        )
+        if isinstance(error, (GLMConnectionError, GLMTimeoutError)):
+            return error.status_code is None and error.request_sent
+        return isinstance(error, GLMInvalidResponseError) and error.status_code == 200
 
     @staticmethod
     def request_id_of(kwargs: Mapping[str, Any]) -> str | None:

@@ -64,6 +64,8 @@ class GLMError(Exception):
         self.retryable = self.default_retryable if retryable is None else retryable
         self.retry_after = retry_after
         self.max_attempts: int | None = None
+        self.request_sent = True
+        """``False`` when the request never left (connection refused): nothing can have been billed."""
 
     def __str__(self) -> str:
         parts = [f"HTTP {self.status_code}" if self.status_code is not None else None]
@@ -83,11 +85,14 @@ class GLMError(Exception):
             "retryable": self.retryable,
             "retry_after": self.retry_after,
         }
-        return (_rebuild_error, (type(self), self.message, kwargs))
+        return (_rebuild_error, (type(self), self.message, kwargs, self.max_attempts))
 
 
-def _rebuild_error(cls: type[GLMError], message: str, kwargs: dict[str, Any]) -> GLMError:
-    return cls(message, **kwargs)
+def _rebuild_error(cls: type[GLMError], message: str, kwargs: dict[str, Any],
+                   max_attempts: int | None = None) -> GLMError:
+    error = cls(message, **kwargs)
+    error.max_attempts = max_attempts
+    return error
 
 
 class GLMAuthenticationError(GLMError):

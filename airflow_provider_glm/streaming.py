@@ -11,6 +11,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic import ValidationError
+
 from airflow_provider_glm.exceptions import GLMInvalidResponseError, error_from_body
 from airflow_provider_glm.models import ChatCompletion, ChatCompletionChunk, Usage
 
@@ -40,7 +42,13 @@ class SSEDecoder:
             newline = self._buffer.find(b"\n")
             if newline < 0:
                 return out
-            line = self._buffer[:newline].rstrip(b"\r").decode("utf-8")
+            raw = self._buffer[:newline].rstrip(b"\r")
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise GLMInvalidResponseError(
+                    "a stream line was not valid UTF-8", status_code=200, request_id=self.request_id
+                ) from None
             self._buffer = self._buffer[newline + 1 :]
             if not line:
                 if self._data:
@@ -75,7 +83,12 @@ class SSEDecoder:
             ) from None
         if isinstance(body, dict) and "error" in body:
             raise error_from_body(200, body, request_id=self.request_id)
-        return ChatCompletionChunk.model_validate(body)
+        try:
+            return ChatCompletionChunk.model_validate(body)
+        except ValidationError:
+            raise GLMInvalidResponseError(
+                "a stream event was not a chat completion chunk", status_code=200, request_id=self.request_id
+            ) from None
 
 
 @dataclass

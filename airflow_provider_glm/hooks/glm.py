@@ -108,14 +108,16 @@ def _number(conn_id: str | None, name: str, value: Any, kind: type[int] | type[f
 
 
 def base_url_of(conn: Connection) -> str:
-    """The API root from the connection host: a full URL, a bare host (https assumed), or the default."""
+    """The API root from the connection host: a full URL, or a bare host (https and /api/paas/v4 assumed
+    unless the schema field gives the path), or the default."""
     host = (conn.host or "").strip()
     if not host:
         return constants.DEFAULT_BASE_URL
     if "://" in host:
         return host.rstrip("/")
     port = f":{conn.port}" if conn.port else ""
-    path = f"/{conn.schema.strip('/')}" if conn.schema else ""
+    default_path = "" if "/" in host else "/api/paas/v4"
+    path = f"/{conn.schema.strip('/')}" if conn.schema else default_path
     return f"https://{host}{port}{path}".rstrip("/")
 
 
@@ -195,11 +197,14 @@ class GLMHook(BaseHook):
 
     def test_connection(self) -> tuple[bool, str]:
         """Make one ``max_tokens=1`` call on the connection's model and say what it cost."""
+        from airflow_provider_glm.client import GLMClient
+
         try:
             model = self.settings.model
-            answer = self.client.chat_completion(
-                model, [{"role": "user", "content": "ping"}], max_tokens=1,
-            )
+            options = {**self._options(), "max_retries": 0}
+            options.pop("retry_policy", None)
+            with GLMClient(self.settings.api_key, **options) as client:
+                answer = client.chat_completion(model, [{"role": "user", "content": "ping"}], max_tokens=1)
         except Exception as exc:
             return False, f"{type(exc).__name__}: {exc}"
         usage = answer.usage

@@ -1,0 +1,117 @@
+"""Provider metadata: valid for Airflow's schema, discoverable, and every name in it importable."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import importlib.resources
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+
+import airflow_provider_glm
+from airflow_provider_glm import get_provider_info
+from airflow_provider_glm.hooks.glm import _KNOWN_EXTRAS, GLMHook
+
+INFO = get_provider_info()
+
+
+def airflow_schema() -> dict[str, Any]:
+    return json.loads((importlib.resources.files("airflow") / "provider_info.schema.json").read_text())
+
+
+def test_validates_against_airflow_schema() -> None:
+    schema = airflow_schema()
+    jsonschema.Draft7Validator.check_schema(schema)
+    jsonschema.validate(INFO, schema)
+
+
+def test_schema_rejects_a_broken_copy() -> None:
+    broken = {k: v for k, v in INFO.items() if k != "description"}
+    with pytest.raises(jsonschema.ValidationError, match="'description' is a required property"):
+        jsonschema.validate(broken, airflow_schema())
+
+
+def test_identity() -> None:
+    assert INFO["package-name"] == "airflow-provider-glm"
+    assert INFO["versions"][0] == airflow_provider_glm.__version__ == importlib.metadata.version(
+        "airflow-provider-glm")
+
+
+def test_entry_point_points_here() -> None:
+    points = importlib.metadata.entry_points(group="apache_airflow_provider")
+    ours = [p for p in points if p.value == "airflow_provider_glm:get_provider_info"]
+    assert len(ours) == 1
+    assert ours[0].load()() == INFO
+
+
+def module_paths() -> list[str]:
+    paths = [m for section in ("hooks", "operators") for entry in INFO.get(section, [])
+             for m in entry["python-modules"]]
+    paths += [c["hook-class-name"].rsplit(".", 1)[0] for c in INFO["connection-types"]]
+    paths += [d["class-name"].rsplit(".", 1)[0] for d in INFO.get("task-decorators", [])]
+    return sorted(set(paths))
+
+
+@pytest.mark.parametrize("module", module_paths())
+def test_named_modules_import(module: str) -> None:
+    importlib.import_module(module)
+
+
+def resolve(dotted: str) -> Any:
+    module, _, name = dotted.rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
+def test_connection_type_names_the_hook() -> None:
+    (conn,) = INFO["connection-types"]
+    cls = resolve(conn["hook-class-name"])
+    assert cls is GLMHook
+    assert conn["connection-type"] == cls.conn_type == "glm"
+    assert conn["hook-name"] == cls.hook_name
+
+
+def test_task_decorators_resolve() -> None:
+    for decorator in INFO["task-decorators"]:
+        assert callable(resolve(decorator["class-name"]))
+
+
+def test_integrations_referenced_exist() -> None:
+    names = {i["integration-name"] for i in INFO["integrations"]}
+    for section in ("hooks", "operators"):
+        assert {e["integration-name"] for e in INFO[section]} <= names
+
+
+def test_conn_fields_are_extras_the_hook_knows() -> None:
+    (conn,) = INFO["connection-types"]
+    assert set(conn["conn-fields"]) <= _KNOWN_EXTRAS
+    for field in conn["conn-fields"].values():
+        jsonschema.Draft7Validator.check_schema(field["schema"])
+
+
+def test_airflow_providers_list(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
+    env.update(AIRFLOW_HOME=str(tmp_path), AIRFLOW__CORE__LOAD_EXAMPLES="False")
+    airflow = Path(sys.executable).with_name("airflow")
+    result = subprocess.run([str(airflow), "providers", "list", "-o", "json"], env=env, capture_output=True,
+                            text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    providers = json.loads(result.stdout[result.stdout.index("["):])
+    ours = [p for p in providers if p["package_name"] == "airflow-provider-glm"]
+    assert ours == [{"package_name": "airflow-provider-glm", "description": INFO["description"].rstrip("."),
+                     "version": airflow_provider_glm.__version__}]
+    assert "airflow_provider_glm" not in result.stderr
+
+
+def test_importing_the_package_is_cheap() -> None:
+    code = ("import sys, airflow_provider_glm; airflow_provider_glm.get_provider_info(); "
+            "print(sorted(m for m in ('httpx', 'pydantic', 'airflow', 'sqlalchemy') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                            check=True)
+    assert result.stdout.strip() == "[]"
