@@ -18,7 +18,7 @@ def get_provider_info() -> dict[str, Any]:
     return {
         "package-name": "airflow-provider-glm",
         "name": "GLM (Zhipu AI)",
-        "description": "Zhipu GLM models in Airflow: chat and batch operators, a SQL usage ledger.",
+        "description": "Zhipu GLM models in Airflow: a chat operator over rows, a SQL results table and usage ledger.",
         "versions": [__version__],
         "integrations": [
             {
@@ -58,6 +58,26 @@ def get_provider_info() -> dict[str, Any]:
                         "label": "Max retries",
                         "schema": {"type": ["integer", "null"], "minimum": 0},
                         "description": "Retries of retryable failures (default 3).",
+                    },
+                    "connect_timeout": {
+                        "label": "Connect timeout (s)",
+                        "schema": {"type": ["number", "null"], "exclusiveMinimum": 0},
+                        "description": "Seconds to open a connection (default 10).",
+                    },
+                    "read_timeout": {
+                        "label": "Read timeout (s)",
+                        "schema": {"type": ["number", "null"], "exclusiveMinimum": 0},
+                        "description": "Seconds to wait for the next byte (default 300).",
+                    },
+                    "max_connections": {
+                        "label": "Max connections",
+                        "schema": {"type": ["integer", "null"], "minimum": 1},
+                        "description": "Connection pool size (default 64).",
+                    },
+                    "max_response_bytes": {
+                        "label": "Max response bytes",
+                        "schema": {"type": ["integer", "null"], "minimum": 1},
+                        "description": "Answers larger than this are aborted (default 32 MiB).",
                     },
                     "auth": {
                         "label": "Auth mode",

@@ -148,8 +148,11 @@ class _ClientCore:
                 retry_after=parse_retry_after(response.headers.get("retry-after")),
             )
 
-    def parse_json(self, response: httpx.Response, content: bytes, request_id: str | None) -> Any:
+    def parse_body(self, response: httpx.Response, content: bytes, request_id: str | None, raw: bool) -> Any:
+        """The answer's bytes (``raw``) or parsed JSON, after raising for an error status."""
         self.check_status(response, content, request_id)
+        if raw:
+            return content
         try:
             return json.loads(content)
         except ValueError:
@@ -253,13 +256,15 @@ class GLMClient:
     def close(self) -> None:
         self._http.close()
 
-    def request(self, method: str, path: str, *, deadline: float | None = None, **kwargs: Any) -> Any:
-        """Send with retries and return the parsed JSON body.
+    def request(self, method: str, path: str, *, deadline: float | None = None, raw: bool = False,
+                **kwargs: Any) -> Any:
+        """Send with retries and return the parsed JSON body (or the bytes with ``raw=True``).
 
         :param deadline: a ``time.monotonic()`` instant no attempt or wait may pass.
+        :param raw: return the body's bytes instead of parsing JSON (file downloads).
         :param kwargs: ``json``, ``files``, ``data`` or ``params`` for httpx.
         """
-        return self._request(method, path, deadline, kwargs)[0]
+        return self._request(method, path, deadline, kwargs, raw)[0]
 
     def chat_completion(self, model: str, messages: Any, *, deadline: float | None = None,
                         **params: Any) -> ChatCompletion:
@@ -332,7 +337,7 @@ class GLMClient:
         return b"".join(chunks)
 
     def _request(self, method: str, path: str, deadline: float | None,
-                 kwargs: dict[str, Any]) -> tuple[Any, CallInfo]:
+                 kwargs: dict[str, Any], raw: bool = False) -> tuple[Any, CallInfo]:
         attempts = _Attempts(self._core, deadline)
         request_id = self._core.request_id_of(kwargs)
         while True:
@@ -345,7 +350,7 @@ class GLMClient:
                     content = self._read(response, attempt_deadline, request_id)
                 finally:
                     response.close()
-                return self._core.parse_json(response, content, request_id), attempts.info()
+                return self._core.parse_body(response, content, request_id, raw), attempts.info()
             except httpx.HTTPError as exc:
                 error = self._core.transport_error(exc, request_id)
             except GLMError as exc:
@@ -389,9 +394,10 @@ class AsyncGLMClient:
     async def aclose(self) -> None:
         await self._http.aclose()
 
-    async def request(self, method: str, path: str, *, deadline: float | None = None, **kwargs: Any) -> Any:
-        """Send with retries and return the parsed JSON body (see :meth:`GLMClient.request`)."""
-        return (await self._request(method, path, deadline, kwargs))[0]
+    async def request(self, method: str, path: str, *, deadline: float | None = None, raw: bool = False,
+                      **kwargs: Any) -> Any:
+        """Send with retries and return the parsed JSON body or bytes (see :meth:`GLMClient.request`)."""
+        return (await self._request(method, path, deadline, kwargs, raw))[0]
 
     async def chat_completion(self, model: str, messages: Any, *, deadline: float | None = None,
                               **params: Any) -> ChatCompletion:
@@ -454,7 +460,7 @@ class AsyncGLMClient:
         return b"".join(chunks)
 
     async def _request(self, method: str, path: str, deadline: float | None,
-                       kwargs: dict[str, Any]) -> tuple[Any, CallInfo]:
+                       kwargs: dict[str, Any], raw: bool = False) -> tuple[Any, CallInfo]:
         attempts = _Attempts(self._core, deadline)
         request_id = self._core.request_id_of(kwargs)
         while True:
@@ -468,7 +474,7 @@ class AsyncGLMClient:
                         content = await self._read(response, attempt_deadline, request_id)
                     finally:
                         await response.aclose()
-                return self._core.parse_json(response, content, request_id), attempts.info()
+                return self._core.parse_body(response, content, request_id, raw), attempts.info()
             except TimeoutError:
                 error = GLMTimeoutError(f"no complete answer within {self._core.timeout:g} s",
                                         request_id=request_id)

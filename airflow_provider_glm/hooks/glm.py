@@ -13,6 +13,7 @@ Example::
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -34,8 +35,9 @@ __all__ = ["ConnectionSettings", "GLMHook"]
 _KEY_EXTRAS = ("api_key", "apikey", "key", "token", "secret", "password")
 _KNOWN_EXTRAS = frozenset(
     {"model", "timeout", "connect_timeout", "read_timeout", "max_retries", "auth", "prices", "headers",
-     "max_connections"}
+     "max_connections", "max_response_bytes"}
 )
+_RESERVED_HEADERS = frozenset({"authorization", "content-type", "host", "content-length"})
 
 
 @dataclass(frozen=True)
@@ -73,13 +75,18 @@ class ConnectionSettings:
         for name in ("timeout", "connect_timeout", "read_timeout"):
             if extra.get(name) not in (None, ""):
                 options[name] = _number(conn.conn_id, name, extra[name], float)
-        if extra.get("max_retries") not in (None, ""):
-            options["max_retries"] = _number(conn.conn_id, "max_retries", extra["max_retries"], int)
-        if extra.get("max_connections") not in (None, ""):
-            options["max_connections"] = _number(conn.conn_id, "max_connections", extra["max_connections"], int)
+        for name in ("max_retries", "max_connections", "max_response_bytes"):
+            if extra.get(name) not in (None, ""):
+                options[name] = _number(conn.conn_id, name, extra[name], int)
         if extra.get("headers"):
             if not isinstance(extra["headers"], Mapping):
                 raise ValueError(f"connection {conn.conn_id!r}: extra 'headers' must be an object")
+            reserved = sorted(k for k in extra["headers"] if str(k).lower() in _RESERVED_HEADERS)
+            if reserved:
+                raise ValueError(
+                    f"connection {conn.conn_id!r}: extra 'headers' may not set {reserved}; the client sets them "
+                    "(the API key belongs in the password field)"
+                )
             options["headers"] = {str(k): str(v) for k, v in extra["headers"].items()}
         auth = str(extra.get("auth") or "bearer").lower()
         if auth not in ("bearer", "jwt"):
@@ -99,9 +106,13 @@ class ConnectionSettings:
 
 def _number(conn_id: str | None, name: str, value: Any, kind: type[int] | type[float]) -> Any:
     try:
-        number = kind(value)
+        number = float(value) if not isinstance(value, bool) else math.nan
     except (TypeError, ValueError):
-        raise ValueError(f"connection {conn_id!r}: extra {name!r} must be a number, got {value!r}") from None
+        number = math.nan
+    if not math.isfinite(number) or (kind is int and not number.is_integer()):
+        what = "a whole number" if kind is int else "a finite number"
+        raise ValueError(f"connection {conn_id!r}: extra {name!r} must be {what}, got {value!r}")
+    number = kind(number)
     if number < 0 or (number == 0 and name != "max_retries"):
         raise ValueError(f"connection {conn_id!r}: extra {name!r} must be positive, got {value!r}")
     return number
@@ -153,6 +164,17 @@ class GLMHook(BaseHook):
             mask_secret(conn.password)
         return ConnectionSettings.from_connection(conn)
 
+    async def aget_settings(self) -> ConnectionSettings:
+        """:attr:`settings` without blocking the event loop (for triggers)."""
+        if "settings" not in self.__dict__:
+            from airflow.sdk.log import mask_secret
+
+            conn = await self.aget_connection(self.glm_conn_id)
+            if conn.password:
+                mask_secret(conn.password)
+            self.__dict__["settings"] = ConnectionSettings.from_connection(conn)
+        return self.settings
+
     def _options(self) -> dict[str, Any]:
         settings = self.settings
         options = {"base_url": settings.base_url, "auth": settings.auth, **settings.client_options}
@@ -192,8 +214,9 @@ class GLMHook(BaseHook):
 
     async def achat_completion(self, messages: Any, model: str | None = None, **params: Any) -> ChatCompletion:
         """Create one chat completion without blocking the event loop (uses a short-lived async client)."""
+        settings = await self.aget_settings()
         async with self.get_async_client() as client:
-            return await client.chat_completion(model or self.settings.model, messages, **params)
+            return await client.chat_completion(model or settings.model, messages, **params)
 
     def test_connection(self) -> tuple[bool, str]:
         """Make one ``max_tokens=1`` call on the connection's model and say what it cost."""
