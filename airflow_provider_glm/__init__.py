@@ -18,7 +18,7 @@ def get_provider_info() -> dict[str, Any]:
     return {
         "package-name": "airflow-provider-glm",
         "name": "GLM (Zhipu AI)",
-        "description": "Zhipu GLM models in Airflow: a chat operator over rows, a SQL results table and usage ledger.",
+        "description": "Zhipu GLM models in Airflow: chat, async and batch operators over rows, a SQL results table and usage ledger.",
         "versions": [__version__],
         "integrations": [
             {
@@ -28,7 +28,13 @@ def get_provider_info() -> dict[str, Any]:
             }
         ],
         "hooks": [{"integration-name": "GLM", "python-modules": ["airflow_provider_glm.hooks.glm"]}],
-        "operators": [{"integration-name": "GLM", "python-modules": ["airflow_provider_glm.operators.chat"]}],
+        "operators": [
+            {
+                "integration-name": "GLM",
+                "python-modules": ["airflow_provider_glm.operators.chat", "airflow_provider_glm.operators.batch"],
+            }
+        ],
+        "triggers": [{"integration-name": "GLM", "python-modules": ["airflow_provider_glm.triggers.batch"]}],
         "task-decorators": [{"name": "glm", "class-name": "airflow_provider_glm.decorators.glm.glm_task"}],
         "connection-types": [
             {

@@ -132,13 +132,14 @@ class RunRecorder:
     :param flush_rows: write after this many outcomes...
     :param flush_interval: ...or after this many seconds.
     :param write_timeout: seconds a failing database is retried before the task fails.
+    :param keep_records: keep every result in :attr:`kept` (an export without a SQL sink needs them).
     :param on_billed: called with each ledger entry as soon as it exists (single mode's XCom).
     """
 
     def __init__(self, *, scope: RunScope, try_number: int, model: str, pricer: Pricer, sink: SQLSink | None,
                  output: OutputSpec, keep_values: int, fail_on_truncation: bool = False,
                  flush_rows: int = 500, flush_interval: float = 2.0, write_timeout: float = 300.0,
-                 log: logging.Logger | None = None,
+                 log: logging.Logger | None = None, keep_records: bool = False,
                  on_billed: Callable[[UsageRecord], None] | None = None) -> None:
         self.scope = scope
         self.try_number = try_number
@@ -154,10 +155,15 @@ class RunRecorder:
         self.log = log or logging.getLogger(__name__)
         self.on_billed = on_billed
         self.totals = RunTotals()
+        self.kept: list[ResultRecord] | None = [] if keep_records else None
         self.values: dict[str, Any] | None = {}
         self.fatal: GLMError | None = None
         self.first_error: GLMError | None = None
         self.truncated = 0
+        self.todo: list[str] = []
+        """Row keys this try must answer (set by :meth:`resume`)."""
+        self.pending: set[str] = set()
+        """Keys of :attr:`todo` with no outcome recorded yet (kept by callers that collect results)."""
         self.write_error: BaseException | None = None
         """Set when the sink refused a write for ``write_timeout``; the records stay buffered."""
         self._results: list[ResultRecord] = []
@@ -168,22 +174,25 @@ class RunRecorder:
     async def resume(self, keys: list[str]) -> list[str]:
         """Load earlier tries' spend and return the keys still to do (those not ``ok`` in the sink)."""
         self.totals.rows = len(keys)
+        self.todo = list(keys)
+        self.pending = set(keys)
         if self.sink is None:
             return keys
         done = await asyncio.to_thread(self.sink.ok_row_keys, self.scope)
         self.totals.spent_before_tokens, self.totals.spent_before_cost = await asyncio.to_thread(
             self.sink.spent, self.scope
         )
-        todo = [key for key in keys if key not in done]
+        todo = self.todo = [key for key in keys if key not in done]
+        self.pending = set(todo)
         self.totals.resumed = len(keys) - len(todo)
         if self.totals.resumed:
             self.log.info("Resuming: %d of %d rows are already ok and will not be requested again.",
                           self.totals.resumed, len(keys))
         return todo
 
-    async def completion(self, row_key: str, completion: ChatCompletion, discount: Decimal = Decimal(1)) -> None:
+    async def completion(self, row_key: str, completion: ChatCompletion) -> None:
         """Record a billed answer: its ledger entry, then the row's outcome."""
-        usage = self.usage_record(row_key, completion, discount)
+        usage = self.usage_record(row_key, completion)
         if self.on_billed is not None:
             self.on_billed(usage)
         status, output, error = outcome_of(completion, self.output, self.fail_on_truncation)
@@ -207,6 +216,11 @@ class RunRecorder:
                 self.values = None
         await self._add(result, usage)
 
+    async def failed(self, row_key: str, reason: str, *, filtered: bool = False) -> None:
+        """Record a row that came back without an answer (a batch error line, an async ``FAIL``)."""
+        await self._add(ResultRecord(self.scope, row_key, "filtered" if filtered else "failed", error=reason,
+                                     model=self.model), None)
+
     async def error(self, row_key: str, exc: GLMError) -> None:
         """Record a row whose call failed (nothing billed as far as the client knows)."""
         self.first_error = self.first_error or exc
@@ -220,9 +234,8 @@ class RunRecorder:
         """Record a row that was not sent."""
         await self._add(ResultRecord(self.scope, row_key, "skipped", error=reason), None)
 
-    def usage_record(self, row_key: str | None, completion: ChatCompletion,
-                     discount: Decimal = Decimal(1)) -> UsageRecord:
-        """The ledger entry for a billed answer, priced (at ``discount``) by the answer's model."""
+    def usage_record(self, row_key: str | None, completion: ChatCompletion) -> UsageRecord:
+        """The ledger entry for a billed answer, priced by the answer's model (else the one asked for)."""
         usage = completion.usage
         model = completion.model or self.model
         prompt = usage.prompt_tokens if usage else 0
@@ -234,8 +247,6 @@ class RunRecorder:
             cost, currency = self.pricer(model, prompt, completion_tokens, cached)
             if cost is None and model.lower() != self.model.lower():
                 cost, currency = self.pricer(self.model, prompt, completion_tokens, cached)
-            if cost is not None:
-                cost = (cost * discount).quantize(Decimal("1e-10"))
         info = completion.call_info
         return UsageRecord(
             scope=self.scope,
@@ -262,6 +273,8 @@ class RunRecorder:
             self.totals.bill(usage)
             self._usage.append(usage)
         self._results.append(result)
+        if self.kept is not None:
+            self.kept.append(result)
         await self.flush()
 
     async def flush(self, *, force: bool = False) -> None:

@@ -19,6 +19,7 @@ from airflow_provider_glm.exceptions import GLMError
 
 if TYPE_CHECKING:
     from airflow_provider_glm.client import AsyncGLMClient
+    from airflow_provider_glm.models import ChatCompletion
     from airflow_provider_glm.recording import RunRecorder, RunTotals
     from airflow_provider_glm.rendering import Row
 
@@ -29,7 +30,9 @@ __all__ = ["RowRunner", "RunLimits"]
 class RunLimits:
     """Bounds on one run.
 
-    :param max_concurrency: requests in flight at once.
+    :param max_concurrency: requests in flight at once (async API: tasks submitted and not yet done).
+    :param api: ``online`` or ``async``.
+    :param async_poll_interval: seconds between polls of an async task.
     :param max_total_tokens: stop dispatching once the scope's ledger reaches this many tokens.
     :param max_cost: stop dispatching once the scope's ledger reaches this cost.
     :param deadline: ``time.monotonic()`` instant after which nothing new starts.
@@ -37,6 +40,9 @@ class RunLimits:
     """
 
     max_concurrency: int = 8
+    api: str = "online"
+    """``online`` (chat completions) or ``async`` (submit, then poll the async result)."""
+    async_poll_interval: float = 2.0
     max_total_tokens: int | None = None
     max_cost: Decimal | None = None
     deadline: float | None = None
@@ -115,13 +121,32 @@ class RowRunner:
                 continue
             messages = self.template.render(row)
             try:
-                completion = await client.chat_completion(
-                    self.model, messages, deadline=self.limits.deadline, **self.params
-                )
+                if self.limits.api == "async":
+                    completion = await self._ask_async(client, messages)
+                else:
+                    completion = await client.chat_completion(
+                        self.model, messages, deadline=self.limits.deadline, **self.params
+                    )
             except GLMError as exc:
                 await self.recorder.error(row.key, exc)
                 continue
             await self.recorder.completion(row.key, completion)
+
+    async def _ask_async(self, client: AsyncGLMClient, messages: list[dict[str, Any]]) -> ChatCompletion:
+        """Submit through the async API and poll until the task succeeds or fails."""
+        from airflow_provider_glm.batch_api import AsyncBatchAPI, get_async_result, submit_async_chat
+        from airflow_provider_glm.models import build_chat_request
+
+        api = AsyncBatchAPI(client)
+        deadline = self.limits.deadline
+        task = await api(submit_async_chat(build_chat_request(self.model, messages, **self.params).to_body()),
+                         deadline=deadline)
+        while task.task_status == "PROCESSING":
+            await asyncio.sleep(self.limits.async_poll_interval)
+            task = await api(get_async_result(task.id), deadline=deadline)
+        if task.task_status != "SUCCESS":
+            raise task.failure()
+        return task.completion()
 
     async def _progress(self) -> None:
         while True:

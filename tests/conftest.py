@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import tempfile
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,14 @@ class FakeTaskInstance:
         self.xcom[key] = value
 
 
+class FakeTaskStateStore(dict):  # type: ignore[type-arg]
+    """Airflow 3.3's task state store as a dict: what survives between tries of one task instance."""
+
+    def set(self, key: str, value: Any) -> None:
+        json.dumps(value)
+        self[key] = value
+
+
 @pytest.fixture
 def glm_conn(glm_server: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
     """``glm_default`` pointing at the local GLM server; returns the server."""
@@ -60,4 +69,42 @@ def ti() -> FakeTaskInstance:
 
 @pytest.fixture
 def context(ti: FakeTaskInstance) -> Iterator[dict[str, Any]]:
-    yield {"ti": ti, "ds": "2026-11-26", "params": {}}
+    yield {"ti": ti, "ds": "2026-11-26", "params": {}, "task_state_store": FakeTaskStateStore()}
+
+
+# S3 for the object-storage sink: moto in server mode on loopback, never a real AWS endpoint.
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint() -> Iterator[str]:
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def s3(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Any]:
+    """A fresh bucket on the loopback moto server and the ``aws_moto`` connection; nothing else reachable."""
+    import boto3
+    from airflow.sdk.io import store
+
+    for name in list(os.environ):
+        if name.startswith("AWS_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
+    conn = {"conn_type": "aws", "login": "testing", "password": "testing",
+            "extra": {"endpoint_url": moto_endpoint, "region_name": "us-east-1"}}
+    monkeypatch.setenv("AIRFLOW_CONN_AWS_MOTO", json.dumps(conn))
+    store._STORE_CACHE.pop("s3-aws_moto", None)
+    client = boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1",
+                          aws_access_key_id="testing", aws_secret_access_key="testing")
+    client.bucket = f"glm-{uuid.uuid4().hex[:12]}"
+    client.create_bucket(Bucket=client.bucket)
+    yield client
+    store._STORE_CACHE.pop("s3-aws_moto", None)

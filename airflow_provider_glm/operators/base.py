@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from airflow_provider_glm.hooks.glm import GLMHook
     from airflow_provider_glm.recording import RunRecorder, RunTotals
     from airflow_provider_glm.rendering import Row
+    from airflow_provider_glm.sinks.objectstorage import JSONLResultsExport
     from airflow_provider_glm.sinks.records import UsageRecord
     from airflow_provider_glm.sinks.sql import SQLSink
 
@@ -44,6 +45,8 @@ class Prepared:
     template: Any
     recorder: RunRecorder
     sink: SQLSink | None
+    export: JSONLResultsExport | None = None
+    output_path: str | None = None
 
 
 class GLMBaseOperator(BaseOperator):
@@ -51,7 +54,8 @@ class GLMBaseOperator(BaseOperator):
 
     template_fields: Sequence[str] = (
         "prompt", "system_prompt", "messages", "model", "request_params", "rows", "columns", "row_key",
-        "glm_conn_id", "sql_conn_id", "sqlalchemy_url", "results_table", "usage_table",
+        "glm_conn_id", "sql_conn_id", "sqlalchemy_url", "results_table", "usage_table", "output_path",
+        "output_conn_id",
     )
     template_fields_renderers = {"messages": "json", "request_params": "json", "rows": "json"}
     ui_color = "#3b5bdb"
@@ -79,6 +83,8 @@ class GLMBaseOperator(BaseOperator):
         max_xcom_rows: int = 1000,
         max_xcom_bytes: int = 48_000,
         fail_on_truncation: bool = False,
+        output_path: str | None = None,
+        output_conn_id: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -112,6 +118,8 @@ class GLMBaseOperator(BaseOperator):
         self.max_xcom_rows = max_xcom_rows
         self.max_xcom_bytes = max_xcom_bytes
         self.fail_on_truncation = fail_on_truncation
+        self.output_path = output_path
+        self.output_conn_id = output_conn_id
 
     @property
     def row_mode(self) -> bool:
@@ -169,6 +177,12 @@ class GLMBaseOperator(BaseOperator):
         table = PriceTable.default().with_overrides(hook.settings.prices).with_overrides(self.prices)
         if price_required and table.lookup(model) is None:
             raise ValueError(f"max_cost needs a price for model {model!r}, which the price table lacks; add it with `prices`")
+        export = None
+        if self.output_path:
+            from airflow_provider_glm.sinks.objectstorage import JSONLResultsExport
+
+            export = JSONLResultsExport(self.output_path, self.output_conn_id)
+            export.validate()
         sink = self._sink(len(rows))
 
         def pricer(name: str, prompt: int, completion: int, cached: int) -> tuple[Decimal | None, str | None]:
@@ -181,9 +195,10 @@ class GLMBaseOperator(BaseOperator):
             try_number=ti.try_number or 1, model=model, pricer=pricer, sink=sink, output=output,
             keep_values=self.max_xcom_rows, fail_on_truncation=self.fail_on_truncation, log=self.log,
             on_billed=None if self.row_mode else lambda usage: self._push_usage(context, usage),
+            keep_records=export is not None and sink is None,
             **recorder_options,
         )
-        return Prepared(hook, model, params, rows, template, recorder, sink)
+        return Prepared(hook, model, params, rows, template, recorder, sink, export)
 
     def _sink(self, row_count: int) -> SQLSink | None:
         """Build and check the SQL sink before any API call (names and tables checked here)."""
@@ -231,9 +246,15 @@ class GLMBaseOperator(BaseOperator):
         recorder, totals = run.recorder, run.recorder.totals
         if recorder.unwritten():
             raise RuntimeError(
-                f"{recorder.unwritten()} records could not be written to the sink ({recorder.write_error}); "
-                "their answers are in this try's log only. Fix the database and rerun: rows already ok are kept."
+                f"{recorder.unwritten()} records could not be written to the sink ({recorder.write_error}) "
+                f"within {recorder.write_timeout:.0f} s. Rows already written as ok are kept; a rerun requests "
+                "the unwritten rows again."
             ) from recorder.write_error
+        if run.export is not None:
+            run.output_path = run.export.write(recorder.scope, sink=run.sink,
+                                               records=None if run.sink else recorder.kept)
+            if self.do_xcom_push:
+                context["ti"].xcom_push(key="output_path", value=run.output_path)
         return self._row_result(context, run) if self.row_mode else self._single_result(run)
 
     def _single_result(self, run: Prepared) -> Any:
@@ -265,7 +286,7 @@ class GLMBaseOperator(BaseOperator):
         recorder, totals = run.recorder, run.recorder.totals
         summary = totals.as_dict()
         summary.update(results_table=self.results_table if run.sink else None,
-                       usage_table=self.usage_table if run.sink else None)
+                       usage_table=self.usage_table if run.sink else None, output_path=run.output_path)
         if self.do_xcom_push:
             context["ti"].xcom_push(key="usage", value=summary)
         if recorder.fatal is not None:

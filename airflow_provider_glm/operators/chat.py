@@ -48,11 +48,21 @@ class GLMChatOperator(GLMBaseOperator):
     :param max_total_tokens: budget over all tries of this task in this run.
     :param max_cost: budget in the price table's currency.
     :param progress_interval: seconds between progress log lines.
+    :param api: ``online`` (default) calls chat completions; ``async`` submits each row to the async
+        API and polls its result, for accounts where that beats the online concurrency limit.
+    :param async_poll_interval: seconds between polls of an async task.
     """
 
     def __init__(self, *, max_concurrency: int = 8, max_total_tokens: int | None = None,
-                 max_cost: float | Decimal | None = None, progress_interval: float = 5.0, **kwargs: Any) -> None:
+                 max_cost: float | Decimal | None = None, progress_interval: float = 5.0, api: str = "online",
+                 async_poll_interval: float = 2.0, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        if api not in ("online", "async"):
+            raise ValueError(f"api must be 'online' or 'async', got {api!r}")
+        if async_poll_interval <= 0:
+            raise ValueError(f"async_poll_interval must be > 0 seconds, got {async_poll_interval}")
+        self.api = api
+        self.async_poll_interval = async_poll_interval
         if max_concurrency < 1:
             raise ValueError(f"max_concurrency must be >= 1, got {max_concurrency}")
         if progress_interval <= 0:
@@ -78,6 +88,8 @@ class GLMChatOperator(GLMBaseOperator):
         concurrency = self.max_concurrency if self.row_mode else 1
         limits = RunLimits(
             max_concurrency=concurrency,
+            api=self.api,
+            async_poll_interval=self.async_poll_interval,
             max_total_tokens=self.max_total_tokens,
             max_cost=self.max_cost,
             deadline=started + self.execution_timeout.total_seconds() if self.execution_timeout else None,

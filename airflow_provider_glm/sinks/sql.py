@@ -14,7 +14,7 @@ import json
 import random
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Generator, Sequence
 from dataclasses import fields
 from decimal import Decimal
 from typing import Any
@@ -425,6 +425,37 @@ class SQLSink:
             table.c.row_key, *(table.c[name] for name in (*_SCOPE, "map_index"))
         )
         return self._fetch(query if scope is None else query.where(self._where_scope(table, scope)))
+
+    def iter_results(
+        self, scope: RunScope, batch_size: int = 1000
+    ) -> Generator[dict[str, Any], None, None]:
+        """Stream ``scope``'s rows of the results table as dicts, ordered by ``row_key``.
+
+        The streaming variant of :meth:`results`: rows are fetched ``batch_size`` at a time
+        (``yield_per``: a server-side cursor on PostgreSQL and MySQL/MariaDB; SQLite reads lazily),
+        so memory stays flat whatever the row count. Row keys sort by code point on every backend
+        (``COLLATE "C"`` on PostgreSQL, a binary cast on MySQL/MariaDB), as Python sorts ``str``.
+        A connection is held until the generator is exhausted or closed (``close()`` releases it).
+
+        :param scope: the task's dag, task, run and map index.
+        :param batch_size: rows fetched per round trip.
+        """
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        table = self.results_table
+        order: sa.ColumnElement[Any] = table.c.row_key
+        if self._dialect == "postgresql":
+            order = sa.collate(table.c.row_key, "C")
+        elif self._dialect in _MYSQL:
+            order = sa.cast(table.c.row_key, mysql.BINARY())
+        query = sa.select(table).where(self._where_scope(table, scope)).order_by(order)
+        with self._engine.connect() as conn:
+            result = conn.execution_options(yield_per=batch_size).execute(query)
+            try:
+                for row in result.mappings():
+                    yield dict(row)
+            finally:
+                result.close()  # an abandoned iterator ends its server-side cursor here
 
     def usage(self, scope: RunScope | None = None) -> list[dict[str, Any]]:
         """Rows of the usage ledger as dicts, ordered by ``created_at`` then ``response_id``.

@@ -2,10 +2,11 @@
 
 Example::
 
-    from airflow_provider_glm.testing import Fault, GLMTestServer
+    from airflow_provider_glm.testing import BatchOutcome, Fault, GLMTestServer
 
     with GLMTestServer(api_key="test-key") as srv:
         srv.script(Fault.error(429, "1302"))
+        srv.batch_script(BatchOutcome.expired(after_lines=2))
         ...  # point a client at srv.base_url
 
 Everything here is standard library only; names load lazily so importing the package is cheap.
@@ -17,6 +18,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from airflow_provider_glm.testing.batches import BatchOutcome
     from airflow_provider_glm.testing.faults import Fault
     from airflow_provider_glm.testing.records import BilledResponse, RecordedRequest, ServerStats
     from airflow_provider_glm.testing.routing import RequestContext
@@ -24,6 +26,7 @@ if TYPE_CHECKING:
     from airflow_provider_glm.testing.state import Rule
 
 __all__ = [
+    "BatchOutcome",
     "BilledResponse",
     "Fault",
     "GLMTestServer",
@@ -34,6 +37,7 @@ __all__ = [
 ]
 
 _LOCATIONS = {
+    "BatchOutcome": "batches",
     "BilledResponse": "records",
     "Fault": "faults",
     "GLMTestServer": "server",

@@ -30,6 +30,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--concurrency-limit", type=int, default=None, help="429/1302 above this")
     parser.add_argument("--rate-limit-fraction", type=float, default=0.0, help="random 429/1302 share")
     parser.add_argument("--seed", type=int, default=0, help="random seed")
+    parser.add_argument("--timestamps-in-seconds", action="store_true",
+                        help="file and batch timestamps in seconds instead of milliseconds")
+    parser.add_argument("--uppercase-models", action="store_true", help="answer model names upper-cased")
+    parser.add_argument("--batch-step-seconds", type=float, default=0.05,
+                        help="seconds per batch status step")
+    parser.add_argument("--async-delay", type=float, default=0.05,
+                        help="seconds an async task stays PROCESSING")
     return parser.parse_args(argv)
 
 
@@ -49,7 +56,10 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _on_signal)
     server = GLMTestServer(api_key=args.api_key, latency=args.latency, host=args.host, port=args.port,
                            latency_jitter=args.latency_jitter, concurrency_limit=args.concurrency_limit,
-                           rate_limit_fraction=args.rate_limit_fraction, seed=args.seed)
+                           rate_limit_fraction=args.rate_limit_fraction, seed=args.seed,
+                           timestamps_in_seconds=args.timestamps_in_seconds,
+                           uppercase_models=args.uppercase_models,
+                           batch_step_seconds=args.batch_step_seconds, async_delay=args.async_delay)
     server.start()
     try:
         sys.stdout.write(server.base_url + "\n")

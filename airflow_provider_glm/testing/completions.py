@@ -3,7 +3,8 @@
 Order of checks for one request: authentication (done by the server), admission (concurrency
 limit, random rate limiting: 429/1302 at once, not billed), the scripted or rule fault, latency,
 then either the fault's non-completion answer or body validation (400/1214) and a generated,
-billed completion delivered as the fault says.
+billed completion delivered as the fault says. With the server's ``uppercase_models`` the answered
+(and billed) ``model`` is upper-cased.
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from typing import TYPE_CHECKING
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
 
 from airflow_provider_glm.testing._http import LAST_CHUNK, encode_chunk
 from airflow_provider_glm.testing.faults import STREAM_FAULTS, Fault, default_message
@@ -80,8 +82,22 @@ async def chat_completions(ctx: RequestContext) -> None:
 
 
 def _generate(ctx: RequestContext, body: dict[str, object], fault: Fault | None) -> Completion:
+    return generate_completion(ctx.server, body, fault)
+
+
+def generate_completion(server: GLMTestServer, body: dict[str, Any],
+                        fault: Fault | None = None) -> Completion:
+    """Generate (but do not bill) the completion the chat endpoint would answer for ``body``.
+
+    Shared by the batch and async endpoints so all three answer and count identically. Applies the
+    ``content``, ``finish`` and ``huge`` faults, and the server's ``uppercase_models`` flag.
+
+    :param server: the server (its state holds the seen system prompts and tool-call counter).
+    :param body: a chat body that passed :func:`validate_chat_body`.
+    :param fault: the fault applying to it, if any.
+    """
     kind = fault.kind if fault is not None else None
-    state = ctx.server.state
+    state = server.state
     call_id = state.next_call_id()
     with state.lock:
         completion = generate(
@@ -94,7 +110,19 @@ def _generate(ctx: RequestContext, body: dict[str, object], fault: Fault | None)
         )
     if fault is not None and kind == "huge":
         completion = pad_to_size(completion, fault.nbytes)
+    reported = server.reported_model(completion.model)
+    if reported != completion.model:
+        completion = replace(completion, model=reported)
     return completion
+
+
+async def answer_without_completion(ctx: RequestContext, fault: Fault) -> None:
+    """Answer a non-generating fault (error, malformed JSON, HTML, redirect, stream error).
+
+    :param ctx: the request context.
+    :param fault: a fault whose ``generates`` is false, other than ``hang``.
+    """
+    await _answer_without_completion(ctx, fault)
 
 
 async def _answer_without_completion(ctx: RequestContext, fault: Fault) -> None:
@@ -122,7 +150,7 @@ async def _answer_without_completion(ctx: RequestContext, fault: Fault) -> None:
 def _model(ctx: RequestContext) -> str:
     body = ctx.json
     model = body.get("model") if isinstance(body, dict) else None
-    return model if isinstance(model, str) else "unknown"
+    return ctx.server.reported_model(model) if isinstance(model, str) else "unknown"
 
 
 async def _deliver_stream(ctx: RequestContext, completion: Completion, fault: Fault | None) -> None:

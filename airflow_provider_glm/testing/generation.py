@@ -99,8 +99,9 @@ def _first_function_name(tools: Any) -> str | None:
     for tool in tools:
         if isinstance(tool, dict) and tool.get("type", "function") == "function":
             function = tool.get("function")
-            if isinstance(function, dict) and isinstance(function.get("name"), str):
-                return function["name"]
+            name = function.get("name") if isinstance(function, dict) else None
+            if isinstance(name, str):
+                return name
     return None
 
 

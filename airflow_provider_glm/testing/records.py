@@ -54,6 +54,7 @@ class BilledResponse:
     :param total_tokens: prompt plus completion tokens.
     :param cached_tokens: prompt tokens served from the cache.
     :param reasoning_tokens: completion tokens spent on reasoning.
+    :param source: what produced it: ``"chat"``, ``"batch"`` (a batch input line) or ``"async"``.
     """
 
     response_id: str
@@ -64,6 +65,7 @@ class BilledResponse:
     total_tokens: int
     cached_tokens: int = 0
     reasoning_tokens: int = 0
+    source: str = "chat"
 
 
 @dataclass(frozen=True)
@@ -78,6 +80,10 @@ class ServerStats:
     :param peak_in_flight: the most requests in flight at once.
     :param in_flight: requests read whose answer has not finished.
     :param status_counts: HTTP status sent -> count (requests that got no status are not counted).
+    :param files_uploaded: files accepted by ``POST /files``.
+    :param batches_created: batches accepted by ``POST /batches``.
+    :param cancels: batches moved to ``cancelling`` by ``POST /batches/{id}/cancel``.
+    :param async_submitted: tasks accepted by ``POST /async/chat/completions``.
     """
 
     requests: int = 0
@@ -88,3 +94,7 @@ class ServerStats:
     peak_in_flight: int = 0
     in_flight: int = 0
     status_counts: dict[int, int] = field(default_factory=dict)
+    files_uploaded: int = 0
+    batches_created: int = 0
+    cancels: int = 0
+    async_submitted: int = 0

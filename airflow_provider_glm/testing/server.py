@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from airflow_provider_glm.testing._http import (
     MAX_HEAD_BYTES,
@@ -31,16 +31,32 @@ from airflow_provider_glm.testing.records import BilledResponse, RecordedRequest
 from airflow_provider_glm.testing.routing import Handler, RequestContext, Router
 from airflow_provider_glm.testing.state import Rule, ServerState
 
+if TYPE_CHECKING:
+    from airflow_provider_glm.testing.batches import BatchOutcome
+
 log = logging.getLogger(__name__)
 
-ROUTE_MODULES: tuple[str, ...] = ("airflow_provider_glm.testing.completions",)
+ROUTE_MODULES: tuple[str, ...] = (
+    "airflow_provider_glm.testing.completions",
+    "airflow_provider_glm.testing.files",
+    "airflow_provider_glm.testing.batches",
+    "airflow_provider_glm.testing.async_chat",
+)
+MAX_FILE_BYTES = 100 * 1024 * 1024
+MAX_FILE_LINES = 50_000
 
 
 class GLMTestServer:
     """GLM API on ``http://host:port/api/paas/v4`` (and ``/api/coding/paas/v4``).
 
     Use as a context manager, or call :meth:`start` and :meth:`stop`. Settings (``latency``,
-    ``latency_jitter``, ``concurrency_limit``, ``rate_limit_fraction``, ``seed``) may change at any time.
+    ``latency_jitter``, ``concurrency_limit``, ``rate_limit_fraction``, ``seed``,
+    ``timestamps_in_seconds``, ``uppercase_models``, ``batch_step_seconds``, ``async_delay``,
+    ``max_file_bytes``, ``max_file_lines``) may change at any time; a batch keeps the
+    ``batch_step_seconds`` it was created with and an async task the ``async_delay`` it was submitted with.
+
+    Besides chat completions it serves files, batches (:mod:`.files`, :mod:`.batches`) and async chat
+    (:mod:`.async_chat`).
 
     :param api_key: the key accepted as ``Bearer <key>``; an ``id.secret`` key also accepts GLM JWTs.
     :param latency: seconds to wait before each chat answer.
@@ -51,6 +67,12 @@ class GLMTestServer:
     :param rate_limit_fraction: probability of a random 429/1302 answer.
     :param seed: seed of the random generator behind jitter and random rate limiting.
     :param route_modules: modules whose ``register(server)`` adds endpoints.
+    :param timestamps_in_seconds: emit file and batch timestamps (``created_at``...) in unix seconds
+        instead of the milliseconds the real API sends.
+    :param uppercase_models: answer ``model`` upper-cased in completion, batch-line and async bodies
+        (and bill it so), as the real API sometimes does.
+    :param batch_step_seconds: length of one batch status step (see :mod:`.batches`).
+    :param async_delay: seconds an async chat task stays ``PROCESSING``.
     """
 
     def __init__(
@@ -65,6 +87,10 @@ class GLMTestServer:
         rate_limit_fraction: float = 0.0,
         seed: int | None = 0,
         route_modules: tuple[str, ...] = ROUTE_MODULES,
+        timestamps_in_seconds: bool = False,
+        uppercase_models: bool = False,
+        batch_step_seconds: float = 0.05,
+        async_delay: float = 0.05,
     ) -> None:
         self.api_key = api_key
         self.latency = latency
@@ -72,6 +98,12 @@ class GLMTestServer:
         self.concurrency_limit = concurrency_limit
         self.rate_limit_fraction = rate_limit_fraction
         self.host = host
+        self.timestamps_in_seconds = timestamps_in_seconds
+        self.uppercase_models = uppercase_models
+        self.batch_step_seconds = batch_step_seconds
+        self.async_delay = async_delay
+        self.max_file_bytes = MAX_FILE_BYTES
+        self.max_file_lines = MAX_FILE_LINES
         self.state = ServerState(seed)
         self.router = Router()
         self.extensions: dict[str, Any] = {}
@@ -159,6 +191,62 @@ class GLMTestServer:
         with self.state.lock:
             self.state.rules.append(rule)
         return rule
+
+    def timestamp(self, when: float | None = None) -> int:
+        """Render a wall-clock time as the API does: unix milliseconds, or seconds with
+        ``timestamps_in_seconds``.
+
+        :param when: ``time.time()`` value; now when None.
+        """
+        value = time.time() if when is None else when
+        return int(value) if self.timestamps_in_seconds else int(value * 1000)
+
+    def reported_model(self, model: str) -> str:
+        """The model name as answered: upper-cased with ``uppercase_models``.
+
+        :param model: the model asked for.
+        """
+        return model.upper() if self.uppercase_models else model
+
+    def _extension(self, name: str) -> Any:
+        try:
+            return self.extensions[name]
+        except KeyError:
+            raise RuntimeError(f"GLMTestServer was built without the {name!r} endpoints") from None
+
+    def batch_script(self, *outcomes: BatchOutcome) -> None:
+        """Queue batch outcomes; each applies to the next batch created (FIFO), others complete normally.
+
+        :param outcomes: :class:`~airflow_provider_glm.testing.batches.BatchOutcome` values in order.
+        """
+        self._extension("batches").script(outcomes)
+
+    @property
+    def batches(self) -> list[dict[str, Any]]:
+        """The batch objects as ``GET /batches/{id}`` would answer them now, oldest first."""
+        result: list[dict[str, Any]] = self._extension("batches").snapshot()
+        return result
+
+    @property
+    def files(self) -> dict[str, dict[str, Any]]:
+        """File id -> file object, for every file not deleted (uploads and batch results)."""
+        result: dict[str, dict[str, Any]] = self._extension("files").snapshot()
+        return result
+
+    def file_content(self, file_id: str) -> bytes:
+        """The bytes of a stored file.
+
+        :param file_id: a file id.
+        :raises KeyError: unknown or deleted file.
+        """
+        content: bytes = self._extension("files").content(file_id)
+        return content
+
+    @property
+    def async_tasks(self) -> list[dict[str, Any]]:
+        """Async chat tasks as ``GET /async-result/{id}`` would answer them now, oldest first."""
+        result: list[dict[str, Any]] = self._extension("async_chat").snapshot()
+        return result
 
     @property
     def stats(self) -> ServerStats:

@@ -43,7 +43,7 @@ class ServerState:
     """
 
     def __init__(self, seed: int | None = 0) -> None:
-        self.lock = threading.Lock()
+        self.lock = threading.RLock()
         self.rng = random.Random(seed)
         self.script: deque[Fault] = deque()
         self.rules: list[Rule] = []
@@ -56,6 +56,7 @@ class ServerState:
         self.peak_in_flight = 0
         self.admitted = 0
         self.call_counter = 0
+        self.counters: dict[str, int] = {}
 
     def reseed(self, seed: int | None) -> None:
         """Restart the random generator.
@@ -126,8 +127,19 @@ class ServerState:
         :param raw_text: the raw request body as text.
         """
         with self.lock:
-            if self.script:
-                return self.script.popleft()
+            return self.take_scripted() or self.take_rule(raw_text)
+
+    def take_scripted(self) -> Fault | None:
+        """Pop the next scripted fault, if any."""
+        with self.lock:
+            return self.script.popleft() if self.script else None
+
+    def take_rule(self, raw_text: str) -> Fault | None:
+        """Return the first matching rule's fault (counting the hit), ignoring the script.
+
+        :param raw_text: text the rules' ``match`` is searched in.
+        """
+        with self.lock:
             for rule in self.rules:
                 if rule.remaining != 0 and rule.match in raw_text:
                     if rule.remaining is not None:
@@ -136,15 +148,27 @@ class ServerState:
                     return rule.fault
             return None
 
-    def bill(self, record: RecordedRequest, completion: Completion) -> None:
-        """Record a generated completion as billed.
+    def count(self, name: str, n: int = 1) -> None:
+        """Add ``n`` to a named counter reported by :meth:`stats` (``files_uploaded``...).
 
-        :param record: the request that got it.
-        :param completion: the completion.
+        :param name: a :class:`ServerStats` field name.
+        :param n: increment.
         """
         with self.lock:
-            record.billed = True
-            record.response_id = completion.response_id
+            self.counters[name] = self.counters.get(name, 0) + n
+
+    def bill(self, record: RecordedRequest | None, completion: Completion, source: str = "chat") -> None:
+        """Record a generated completion as billed.
+
+        :param record: the request that got it; None when no single request did (batch lines,
+            async results).
+        :param completion: the completion.
+        :param source: ``"chat"``, ``"batch"`` or ``"async"``.
+        """
+        with self.lock:
+            if record is not None:
+                record.billed = True
+                record.response_id = completion.response_id
             self.billed.append(BilledResponse(
                 response_id=completion.response_id,
                 request_id=completion.request_id,
@@ -154,6 +178,7 @@ class ServerState:
                 total_tokens=completion.total_tokens,
                 cached_tokens=completion.cached_tokens,
                 reasoning_tokens=completion.reasoning_tokens,
+                source=source,
             ))
 
     def stats(self) -> ServerStats:
@@ -168,6 +193,10 @@ class ServerState:
                 peak_in_flight=self.peak_in_flight,
                 in_flight=self.in_flight,
                 status_counts=dict(self.status_counts),
+                files_uploaded=self.counters.get("files_uploaded", 0),
+                batches_created=self.counters.get("batches_created", 0),
+                cancels=self.counters.get("cancels", 0),
+                async_submitted=self.counters.get("async_submitted", 0),
             )
 
     def recorded(self) -> list[RecordedRequest]:
@@ -192,3 +221,4 @@ class ServerState:
             self.requests = 0
             self.peak_in_flight = self.in_flight
             self.call_counter = 0
+            self.counters.clear()

@@ -36,6 +36,8 @@ def dag_env(airflow_db: None, glm_server: Any, tmp_path: Path) -> dict[str, str]
         {"conn_type": "glm", "password": glm_server.api_key, "host": glm_server.base_url}
     )
     env["GLM_WAREHOUSE_URL"] = f"sqlite:///{tmp_path / 'warehouse.db'}"
+    env["GLM_RESULTS_EXPORT"] = f"file://{tmp_path}/exports/results.jsonl"
+    env["GLM_BATCH_POLL_SECONDS"] = "0.2"
     return env
 
 
@@ -101,3 +103,18 @@ def test_mapped_taskflow_dag(dag_env: dict[str, str], glm_server: Any) -> None:
     assert sorted({r["map_index"] for r in sink.results()}) == [0, 1, 2]
     assert len(sink.usage()) == 9
     assert glm_server.stats.billed_responses == 10
+
+
+def test_nightly_batch_dag_defers_and_writes(dag_env: dict[str, str], glm_server: Any, tmp_path: Path) -> None:
+    url = dag_env["GLM_WAREHOUSE_URL"]
+    seed_reviews(url, 40)
+    output = run_dag("glm_nightly_batch", dag_env)
+    assert "deferred" in output.lower()
+    assert glm_server.stats.batches_created == 1
+    sink = SQLSink.from_url(url, results_table="review_summaries_batch")
+    assert [r["status"] for r in sink.results()] == ["ok"] * 40
+    usage = sink.usage()
+    assert len(usage) == glm_server.stats.billed_responses == 40
+    assert sum(u["total_tokens"] for u in usage) == glm_server.stats.billed_total_tokens
+    lines = (tmp_path / "exports" / "results.jsonl").read_text().splitlines()
+    assert len(lines) == 40 and json.loads(lines[0])["status"] == "ok"

@@ -308,3 +308,38 @@ def test_literal_rows_in_the_dag_are_not_rendered(glm_conn: Any) -> None:
     op._do_render_template_fields(op, op.template_fields, {"ds": "x"}, op.get_template_env(), set())
     assert op.rows == [{"id": 1, "text": "{{ 7*7 }}"}]
     assert op.prompt == "Summarize: {{ row.text }}"
+
+
+def test_results_exported_as_jsonl_with_and_without_sql(glm_conn: Any, context: dict[str, Any],
+                                                        tmp_path: Path) -> None:
+    import json
+
+    target = tmp_path / "out" / "results.jsonl"
+    out = row_operator(None, rows=rows(3), output_path=f"file://{target}").execute(context)
+    lines = [json.loads(x) for x in target.read_text().splitlines()]
+    assert [x["content"] for x in lines] == out and context["ti"].xcom["output_path"] == f"file://{target}"
+    target2 = tmp_path / "with-sql.jsonl"
+    row_operator(f"sqlite:///{tmp_path / 'w.db'}", rows=rows(4), output_path=f"file://{target2}").execute(context)
+    assert [json.loads(x)["row_key"] for x in target2.read_text().splitlines()] == ["r000", "r001", "r002", "r003"]
+
+
+def test_bad_output_path_costs_zero_calls(glm_conn: Any, context: dict[str, Any]) -> None:
+    with pytest.raises(ValueError, match="file://"):
+        row_operator(None, rows=rows(2), output_path="/tmp/relative-or-bare.jsonl").execute(context)
+    assert glm_conn.stats.requests == 0
+
+
+def test_async_api_mode_records_like_online(glm_conn: Any, context: dict[str, Any], tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'w.db'}"
+    glm_conn.uppercase_models = True
+    glm_conn.add_rule(match='review number 1"', fault=Fault.error(400, "1261"))
+    op = row_operator(url, rows=rows(6), api="async", async_poll_interval=0.02, max_failed_rows=1)
+    out = op.execute(context)
+    assert out[0] == "Summary: Summarize: review number 0" and out[1] is None
+    assert glm_conn.stats.async_submitted == 6
+    sink = SQLSink.from_url(url)
+    usage = sink.usage(SCOPE)
+    assert len(usage) == glm_conn.stats.billed_responses == 5
+    assert {u["model"] for u in usage} == {"GLM-4.5"} and all(u["cost"] is not None for u in usage)
+    failed = [r for r in sink.results(SCOPE) if r["status"] == "failed"]
+    assert len(failed) == 1 and "1261" in failed[0]["error"]
