@@ -129,8 +129,6 @@ class RunRecorder:
     :param output: parses and validates structured output.
     :param keep_values: how many row values (content or output) to keep for XCom.
     :param fail_on_truncation: a truncated answer fails its row instead of warning.
-    :param flush_rows: write after this many outcomes...
-    :param flush_interval: ...or after this many seconds.
     :param write_timeout: seconds a failing database is retried before the task fails.
     :param keep_records: keep every result in :attr:`kept` (an export without a SQL sink needs them).
     :param on_billed: called with each ledger entry as soon as it exists (single mode's XCom).
@@ -138,7 +136,7 @@ class RunRecorder:
 
     def __init__(self, *, scope: RunScope, try_number: int, model: str, pricer: Pricer, sink: SQLSink | None,
                  output: OutputSpec, keep_values: int, fail_on_truncation: bool = False,
-                 flush_rows: int = 500, flush_interval: float = 2.0, write_timeout: float = 300.0,
+                 write_timeout: float = 300.0,
                  log: logging.Logger | None = None, keep_records: bool = False,
                  on_billed: Callable[[UsageRecord], None] | None = None) -> None:
         self.scope = scope
@@ -149,8 +147,6 @@ class RunRecorder:
         self.output = output
         self.keep_values = keep_values
         self.fail_on_truncation = fail_on_truncation
-        self.flush_rows = flush_rows
-        self.flush_interval = flush_interval
         self.write_timeout = write_timeout
         self.log = log or logging.getLogger(__name__)
         self.on_billed = on_billed
@@ -168,7 +164,8 @@ class RunRecorder:
         """Set when the sink refused a write for ``write_timeout``; the records stay buffered."""
         self._results: list[ResultRecord] = []
         self._usage: list[UsageRecord] = []
-        self._last_flush = time.monotonic()
+        self._added = 0
+        self._written = 0
         self._write_lock = asyncio.Lock()
 
     async def resume(self, keys: list[str]) -> list[str]:
@@ -263,6 +260,8 @@ class RunRecorder:
             cost=cost,
             currency=currency,
             latency_ms=info.latency_ms if info else None,
+            attempts=info.attempts if info else 1,
+            unknown_billing_attempts=info.unknown_billing_attempts if info else 0,
         )
 
     async def _add(self, result: ResultRecord, usage: UsageRecord | None) -> None:
@@ -273,24 +272,28 @@ class RunRecorder:
             self.totals.bill(usage)
             self._usage.append(usage)
         self._results.append(result)
+        self._added += 1
         if self.kept is not None:
             self.kept.append(result)
         await self.flush()
 
     async def flush(self, *, force: bool = False) -> None:
-        """Write buffered records when due (or now with ``force``); a refused batch stays buffered."""
+        """Wait until every record added so far is written (``force`` is kept for callers' clarity).
+
+        Group commit: one writer at a time takes everything buffered into one transaction; callers
+        queued behind it find their records already written. A worker therefore never starts its
+        next row before its last answer is committed, so a crash loses at most the answers in flight.
+        A batch the database refused stays buffered.
+        """
         if self.sink is None:
             self._results.clear()
             self._usage.clear()
             return
-        due = len(self._results) >= self.flush_rows or time.monotonic() - self._last_flush >= self.flush_interval
-        if self.write_error is not None or not (force or due) or (self._write_lock.locked() and not force):
-            return
+        target = self._added
         async with self._write_lock:
-            self._last_flush = time.monotonic()
-            results, usage = self._results, self._usage
-            if not (results or usage):
+            if self._written >= target or self.write_error is not None:
                 return
+            results, usage, upto = self._results, self._usage, self._added
             self._results, self._usage = [], []
             try:
                 await self._write(results, usage)
@@ -299,6 +302,7 @@ class RunRecorder:
                 if isinstance(exc, (SQLAlchemyError, OSError)):
                     self.write_error = exc
                 raise
+            self._written = upto
 
     async def _write(self, results: list[ResultRecord], usage: list[UsageRecord]) -> None:
         assert self.sink is not None

@@ -76,6 +76,11 @@ class UsageRecord:
     """``None`` when the model's price is unknown: never a made-up zero."""
     currency: str | None = None
     latency_ms: int | None = None
+    attempts: int = 1
+    """HTTP attempts the call took, the successful one included."""
+    unknown_billing_attempts: int = 0
+    """Failed attempts that broke after the request was sent (a dropped connection, a read timeout):
+    GLM may have billed them, though no answer and no response id ever arrived."""
     created_at: dt.datetime = field(default_factory=utcnow)
 
     def as_row(self) -> dict[str, Any]:

@@ -209,6 +209,8 @@ class SQLSink:
             sa.Column("cost", sa.Numeric(20, 10)),
             sa.Column("currency", sa.String(8)),
             sa.Column("latency_ms", sa.Integer),
+            sa.Column("attempts", sa.Integer, nullable=False, server_default="1"),
+            sa.Column("unknown_billing_attempts", sa.Integer, nullable=False, server_default="0"),
             sa.Column("created_at", _UTCDateTime(), nullable=False),
             sa.Index(_index_name(use_name, "scope"), *_SCOPE),
             schema=use_schema,
