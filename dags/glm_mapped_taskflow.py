@@ -7,16 +7,12 @@ each mapped task has its own ``map_index`` in the results table and the ledger.
 
 from __future__ import annotations
 
-import os
-
 import pendulum
 from airflow.sdk import dag, task
+from example_warehouse import WAREHOUSE_URL
 
 from airflow_provider_glm.operators.chat import GLMChatOperator
 
-WAREHOUSE_URL = os.environ.get(
-    "GLM_WAREHOUSE_URL", f"sqlite:///{os.path.join(os.environ.get('AIRFLOW_HOME', '.'), 'warehouse.db')}"
-)
 
 
 @dag(schedule=None, start_date=pendulum.datetime(2026, 1, 1, tz="UTC"), catchup=False, tags=["glm", "example"])

@@ -12,11 +12,10 @@ import os
 
 import pendulum
 from airflow.sdk import dag, task
+from example_warehouse import AIRFLOW_HOME, WAREHOUSE_URL, read_reviews
 
 from airflow_provider_glm.operators.batch import GLMBatchOperator
 
-AIRFLOW_HOME = os.path.abspath(os.environ.get("AIRFLOW_HOME", "."))
-WAREHOUSE_URL = os.environ.get("GLM_WAREHOUSE_URL", f"sqlite:///{os.path.join(AIRFLOW_HOME, 'warehouse.db')}")
 EXPORT = os.environ.get("GLM_RESULTS_EXPORT", f"file://{AIRFLOW_HOME}/exports/{{{{ ds }}}}/review_summaries.jsonl")
 
 
@@ -24,15 +23,8 @@ EXPORT = os.environ.get("GLM_RESULTS_EXPORT", f"file://{AIRFLOW_HOME}/exports/{{
 def glm_nightly_batch():
     @task
     def extract_reviews() -> list[dict]:
-        import sqlalchemy as sa
-
-        engine = sa.create_engine(WAREHOUSE_URL)
-        try:
-            with engine.connect() as conn:
-                result = conn.execute(sa.text("SELECT id, product, body FROM reviews ORDER BY id"))
-                return [dict(row._mapping) for row in result]
-        finally:
-            engine.dispose()
+        """Yesterday's reviews from the warehouse."""
+        return read_reviews()
 
     GLMBatchOperator(
         task_id="summarize_reviews_batch",

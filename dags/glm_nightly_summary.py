@@ -6,32 +6,20 @@ SQLite file under ``$AIRFLOW_HOME``). Usage lands in the ``glm_usage`` ledger ne
 
 from __future__ import annotations
 
-import os
-
 import pendulum
 from airflow.sdk import dag, task
+from example_warehouse import AIRFLOW_HOME, WAREHOUSE_URL, read_reviews
 
 from airflow_provider_glm.operators.chat import GLMChatOperator
 
-WAREHOUSE_URL = os.environ.get(
-    "GLM_WAREHOUSE_URL", f"sqlite:///{os.path.join(os.environ.get('AIRFLOW_HOME', '.'), 'warehouse.db')}"
-)
 
 
 @dag(schedule="@daily", start_date=pendulum.datetime(2026, 1, 1, tz="UTC"), catchup=False, tags=["glm", "example"])
 def glm_nightly_summary():
     @task
     def extract_reviews() -> list[dict]:
-        """Yesterday's reviews from the warehouse (here: every row of ``reviews``)."""
-        import sqlalchemy as sa
-
-        engine = sa.create_engine(WAREHOUSE_URL)
-        try:
-            with engine.connect() as conn:
-                result = conn.execute(sa.text("SELECT id, product, body FROM reviews ORDER BY id"))
-                return [dict(row._mapping) for row in result]
-        finally:
-            engine.dispose()
+        """Yesterday's reviews from the warehouse."""
+        return read_reviews()
 
     GLMChatOperator(
         task_id="summarize_reviews",

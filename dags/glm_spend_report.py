@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import os
-
 import pendulum
 from airflow.sdk import dag, task
+from example_warehouse import WAREHOUSE_URL
 
-WAREHOUSE_URL = os.environ.get(
-    "GLM_WAREHOUSE_URL", f"sqlite:///{os.path.join(os.environ.get('AIRFLOW_HOME', '.'), 'warehouse.db')}"
-)
 
 
 @dag(schedule="@daily", start_date=pendulum.datetime(2026, 1, 1, tz="UTC"), catchup=False, tags=["glm", "example"])
