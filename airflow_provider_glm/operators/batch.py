@@ -47,6 +47,8 @@ __all__ = ["GLMBatchOperator"]
 
 STATE_KEY = "glm_batch_ids"
 """Task state store key holding the batch ids of this task instance."""
+LOOKUP_PAGES = 5
+"""Pages of 100 newest batches searched for this task instance's metadata on every try."""
 MAX_LINES = 50_000
 MAX_BYTES = 100 * 1024 * 1024
 
@@ -121,7 +123,9 @@ class GLMBatchOperator(GLMBaseOperator):
         run = self.prepare(context, discount=BATCH_DISCOUNT)
         api = self._api(run)
         asyncio.run(run.recorder.resume([row.key for row in run.rows]))
-        return self._collect(context, run, api, [Batch.model_validate(b) for b in event["batches"]])
+        waited = {b["id"]: Batch.model_validate(b) for b in event["batches"]}
+        earlier = [b for b in self._earlier(context, run, api) if b.id not in waited]
+        return self._collect(context, run, api, [*earlier, *waited.values()])
 
     def on_kill(self) -> None:
         if not (self.cancel_on_kill and self._batch_ids):
@@ -148,20 +152,23 @@ class GLMBatchOperator(GLMBaseOperator):
         return json.dumps([s.dag_id, s.task_id, s.run_id, s.map_index])
 
     def _earlier(self, context: Context, run: Prepared, api: BatchAPI) -> list[Batch]:
-        """Batches earlier tries of this task instance created: from the state store, else by metadata."""
+        """Batches earlier tries of this task instance created: the state store's, plus any of the
+        newest :data:`LOOKUP_PAGES` pages of the account's batches whose metadata names this task
+        instance (a crash between creating a batch and storing its id)."""
         from airflow_provider_glm.batch_api import list_batches, retrieve_batch
 
         store = context.get("task_state_store")
         ids = list(store.get(STATE_KEY) or []) if store is not None else []
-        if ids:
-            return [api(retrieve_batch(batch_id)) for batch_id in ids]
-        tag, after, found = self._scope_tag(run), None, []
-        while True:
+        found = {batch_id: api(retrieve_batch(batch_id)) for batch_id in ids}
+        tag, after = self._scope_tag(run), None
+        for _ in range(LOOKUP_PAGES):
             page = api(list_batches(after=after))
-            found += [b for b in page.data if (b.metadata or {}).get("airflow_scope") == tag]
+            found.update({b.id: b for b in page.data if (b.metadata or {}).get("airflow_scope") == tag
+                          and b.id not in found})
             if not page.has_more or not page.data:
-                return found
+                break
             after = page.data[-1].id
+        return list(found.values())
 
     def _submit(self, context: Context, run: Prepared, api: BatchAPI, todo: set[str]) -> list[Batch]:
         from airflow_provider_glm.batch_api import create_batch, upload_file
