@@ -14,9 +14,7 @@ REPO = Path(__file__).resolve().parent.parent
 PLANNED = {
     # Linked from README.md but written by other work in progress; remove an entry once its file lands.
     "docs/operator.md",
-    "docs/reliability.md",
     "docs/benchmarks.md",
-    "docs/batch.md",
 }
 
 
