@@ -121,15 +121,21 @@ class _ClientCore:
         end = self.clock() + self.timeout
         return end if deadline is None else min(end, deadline)
 
-    def check_progress(self, received: int, deadline: float, request_id: str | None) -> None:
+    def check_progress(self, received: int, deadline: float, request_id: str | None,
+                       limit: int | None = None) -> None:
         """Abort a read that passed its deadline or its size cap."""
-        if received > self.max_response_bytes:
+        limit = self.max_response_bytes if limit is None else limit
+        if received > limit:
             raise GLMInvalidResponseError(
-                f"the answer exceeded max_response_bytes={self.max_response_bytes}; aborted",
+                f"the answer exceeded max_response_bytes={limit}; aborted",
                 request_id=request_id,
             )
         if self.clock() > deadline:
             raise GLMTimeoutError(f"no complete answer within {self.timeout:g} s", request_id=request_id)
+
+    def download_limit(self, raw: bool) -> int | None:
+        """File downloads (raw bodies) may be larger than answers: batch output files reach 100s of MB."""
+        return max(self.max_response_bytes, constants.MAX_DOWNLOAD_BYTES) if raw else None
 
     def check_status(self, response: httpx.Response, content: bytes, request_id: str | None) -> None:
         """Raise the matching ``GLMError`` for a redirect or a non-2xx answer."""
@@ -327,12 +333,13 @@ class GLMClient:
                 error = exc
             self._sleep(attempts.failed(error))
 
-    def _read(self, response: httpx.Response, deadline: float, request_id: str | None) -> bytes:
+    def _read(self, response: httpx.Response, deadline: float, request_id: str | None,
+              limit: int | None = None) -> bytes:
         chunks: list[bytes] = []
         received = 0
         for data in response.iter_bytes():
             received += len(data)
-            self._core.check_progress(received, deadline, request_id)
+            self._core.check_progress(received, deadline, request_id, limit)
             chunks.append(data)
         return b"".join(chunks)
 
@@ -347,7 +354,7 @@ class GLMClient:
                 request = self._core.build(self._http, method, path, attempt_deadline, **kwargs)
                 response = self._http.send(request, stream=True)
                 try:
-                    content = self._read(response, attempt_deadline, request_id)
+                    content = self._read(response, attempt_deadline, request_id, self._core.download_limit(raw))
                 finally:
                     response.close()
                 return self._core.parse_body(response, content, request_id, raw), attempts.info()
@@ -450,12 +457,13 @@ class AsyncGLMClient:
         finally:
             await response.aclose()
 
-    async def _read(self, response: httpx.Response, deadline: float, request_id: str | None) -> bytes:
+    async def _read(self, response: httpx.Response, deadline: float, request_id: str | None,
+                    limit: int | None = None) -> bytes:
         chunks: list[bytes] = []
         received = 0
         async for data in response.aiter_bytes():
             received += len(data)
-            self._core.check_progress(received, deadline, request_id)
+            self._core.check_progress(received, deadline, request_id, limit)
             chunks.append(data)
         return b"".join(chunks)
 
@@ -471,7 +479,8 @@ class AsyncGLMClient:
                 async with asyncio.timeout(max(0.0, attempt_deadline - self._core.clock())):
                     response = await self._http.send(request, stream=True)
                     try:
-                        content = await self._read(response, attempt_deadline, request_id)
+                        content = await self._read(response, attempt_deadline, request_id,
+                                                   self._core.download_limit(raw))
                     finally:
                         await response.aclose()
                 return self._core.parse_body(response, content, request_id, raw), attempts.info()

@@ -18,6 +18,7 @@ __all__ = [
     "DEFAULT_TIMEOUT",
     "JWT_CACHE_SECONDS",
     "JWT_TTL_SECONDS",
+    "MAX_DOWNLOAD_BYTES",
     "ZAI_BASE_URL",
     "ZAI_CODING_BASE_URL",
 ]
@@ -42,6 +43,8 @@ DEFAULT_MAX_CONNECTIONS = 64
 """Pool size: above any sensible ``max_concurrency`` so rows never queue on the pool."""
 DEFAULT_MAX_RESPONSE_BYTES = 32 * 1024 * 1024
 """An answer larger than this is aborted while reading, so memory stays bounded."""
+MAX_DOWNLOAD_BYTES = 1024 * 1024 * 1024
+"""Cap for file downloads (batch output and error files), which are read whole."""
 
 JWT_TTL_SECONDS = 210
 JWT_CACHE_SECONDS = 180

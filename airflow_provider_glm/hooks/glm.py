@@ -126,8 +126,9 @@ def base_url_of(conn: Connection) -> str:
         return constants.DEFAULT_BASE_URL
     if "://" in host:
         return host.rstrip("/")
+    host, _, host_path = host.partition("/")
     port = f":{conn.port}" if conn.port else ""
-    default_path = "" if "/" in host else "/api/paas/v4"
+    default_path = f"/{host_path}" if host_path else "/api/paas/v4"
     path = f"/{conn.schema.strip('/')}" if conn.schema else default_path
     return f"https://{host}{port}{path}".rstrip("/")
 
