@@ -16,7 +16,9 @@ Example::
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
+import ssl
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -235,8 +237,20 @@ class _Attempts:
         return CallInfo(self.count, self.unknown_billing, int((self.core.clock() - self.started) * 1000))
 
 
-def _limits(max_connections: int) -> httpx.Limits:
-    return httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
+def _http_options(max_connections: int) -> dict[str, Any]:
+    """Options every httpx client gets: pool size, no redirects, no proxy or CA settings from the
+    environment, and one shared TLS context (loading the CA bundle costs ~50 ms per client)."""
+    return {
+        "limits": httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+        "follow_redirects": False,
+        "trust_env": False,
+        "verify": _tls_context(),
+    }
+
+
+@functools.cache
+def _tls_context() -> ssl.SSLContext:
+    return httpx.create_ssl_context()
 
 
 class GLMClient:
@@ -247,8 +261,7 @@ class GLMClient:
                  sleep: Callable[[float], None] = time.sleep, **options: Any) -> None:
         self._core = _ClientCore(api_key, **options)
         self._sleep = sleep
-        self._http = httpx.Client(limits=_limits(max_connections), follow_redirects=False, transport=transport,
-                                  trust_env=False)
+        self._http = httpx.Client(transport=transport, **_http_options(max_connections))
 
     def __repr__(self) -> str:
         return repr(self._core)
@@ -386,8 +399,7 @@ class AsyncGLMClient:
                  sleep: Callable[[float], Any] = asyncio.sleep, **options: Any) -> None:
         self._core = _ClientCore(api_key, **options)
         self._sleep = sleep
-        self._http = httpx.AsyncClient(limits=_limits(max_connections), follow_redirects=False,
-                                       transport=transport, trust_env=False)
+        self._http = httpx.AsyncClient(transport=transport, **_http_options(max_connections))
 
     def __repr__(self) -> str:
         return repr(self._core)
