@@ -67,7 +67,7 @@ class RunTotals:
     spent_before_tokens: int = 0
     spent_before_cost: Decimal | None = None
     stop_kind: str | None = None
-    """Why dispatching stopped early: ``fatal``, ``deadline`` or ``budget`` (``None``: it did not)."""
+    """Why dispatching stopped early: ``fatal``, ``deadline``, ``budget`` or ``sink`` (``None``: no stop)."""
     stop_reason: str | None = None
     mixed_currencies: bool = False
     """Prices in more than one currency: the run's total cost is unknown (each ledger row keeps its own)."""
@@ -203,9 +203,10 @@ class RunRecorder:
             output=output,
             error=error,
             model=completion.model or self.model,
-            prompt_tokens=usage.prompt_tokens,
-            completion_tokens=usage.completion_tokens,
-            total_tokens=usage.total_tokens,
+            # an answer without usage was billed all the same: its tokens are unknown (NULL), not 0
+            prompt_tokens=usage.prompt_tokens if completion.usage is not None else None,
+            completion_tokens=usage.completion_tokens if completion.usage is not None else None,
+            total_tokens=usage.total_tokens if completion.usage is not None else None,
         )
         if status == "ok" and self.values is not None:
             self.values[row_key] = output if self.output.expects_json else completion.content
@@ -245,9 +246,15 @@ class RunRecorder:
             if cost is None and model.lower() != self.model.lower():
                 cost, currency = self.pricer(self.model, prompt, completion_tokens, cached)
         info = completion.call_info
+        response_id = completion.id or completion.request_id or f"unidentified-{uuid.uuid4().hex}"
+        if usage is None:
+            self.log.warning(
+                "GLM answered row %s without usage (response %s): it was billed, but its tokens are unknown; "
+                "the ledger records 0 tokens and a NULL cost for it.", row_key, response_id,
+            )
         return UsageRecord(
             scope=self.scope,
-            response_id=completion.id or completion.request_id or f"unidentified-{uuid.uuid4().hex}",
+            response_id=response_id,
             request_id=completion.request_id,
             try_number=self.try_number,
             row_key=row_key,
@@ -297,10 +304,12 @@ class RunRecorder:
             self._results, self._usage = [], []
             try:
                 await self._write(results, usage)
-            except BaseException as exc:
+            except (SQLAlchemyError, OSError) as exc:
                 self._results[:0], self._usage[:0] = results, usage
-                if isinstance(exc, (SQLAlchemyError, OSError)):
-                    self.write_error = exc
+                self.write_error = exc
+                return
+            except BaseException:
+                self._results[:0], self._usage[:0] = results, usage
                 raise
             self._written = upto
 

@@ -17,7 +17,7 @@ __all__ = ["MessageTemplate", "Row", "normalize_rows", "prompt_messages"]
 MAX_ROW_KEY_LENGTH = 255
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Row:
     """One input row with its key (the string stored in the results table)."""
 
@@ -47,6 +47,12 @@ def prompt_messages(prompt: str | None, system_prompt: str | None, messages: Any
     for i, message in enumerate(messages):
         if not isinstance(message, Mapping) or "role" not in message:
             raise ValueError(f"`messages[{i}]` must be a mapping with a 'role' (got {type(message).__name__})")
+        content = message.get("content")
+        if isinstance(content, list):
+            for j, part in enumerate(content):
+                # A text part whose text is not a string would be sent as is, and refused on every row.
+                if not isinstance(part, Mapping) or not isinstance(part.get("text", ""), str):
+                    raise ValueError(f"`messages[{i}].content[{j}]` must be a mapping; its 'text' a string")
     out = [dict(m) for m in messages]
     if system_prompt:
         out.insert(0, {"role": "system", "content": system_prompt})
@@ -106,7 +112,18 @@ def _row_key(index: int, values: Mapping[str, Any], row_key: str | None) -> str:
     key = str(value)
     if len(key) > MAX_ROW_KEY_LENGTH:
         raise ValueError(f"rows[{index}]: row key longer than {MAX_ROW_KEY_LENGTH} characters")
+    if "\x00" in key or not _encodable(key):
+        # A key is stored in every database and matched on resume: it must survive each of them intact.
+        raise ValueError(f"rows[{index}]: the row key {key!r} contains a NUL character or invalid Unicode")
     return key
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 class MessageTemplate:

@@ -99,6 +99,9 @@ class RowRunner:
         recorder, limits, totals = self.recorder, self.limits, self.recorder.totals
         if recorder.fatal is not None:
             return "fatal", f"not sent: {type(recorder.fatal).__name__}: {recorder.fatal}"
+        if recorder.write_error is not None:
+            # The sink gave up: an answer now could not be recorded, and a rerun would buy it again.
+            return "sink", f"not sent: results could not be written ({type(recorder.write_error).__name__})"
         if limits.deadline is not None and time.monotonic() >= limits.deadline:
             return "deadline", "not sent: the task's execution_timeout was reached"
         spent_tokens = totals.spent_before_tokens + totals.total_tokens
@@ -129,6 +132,12 @@ class RowRunner:
                     )
             except GLMError as exc:
                 await self.recorder.error(row.key, exc)
+                continue
+            except UnicodeEncodeError as exc:
+                # A lone surrogate in the row's text cannot be sent as UTF-8 JSON: fail this row only.
+                await self.recorder.failed(
+                    row.key, f"the row's text is not valid Unicode and cannot be sent ({exc.reason} at "
+                             f"position {exc.start} of the request body); nothing was sent or billed")
                 continue
             await self.recorder.completion(row.key, completion)
 

@@ -84,6 +84,14 @@ class GLMChatOperator(GLMBaseOperator):
                 run.sink.dispose()
         return self.finish(context, run)
 
+    def _deadline(self, started: float) -> float | None:
+        """When to stop starting rows: shortly before ``execution_timeout``, whose clock Airflow started
+        earlier, so skipped rows are still recorded and the last answers written before it fires."""
+        if not self.execution_timeout:
+            return None
+        timeout = self.execution_timeout.total_seconds()
+        return started + timeout - min(5.0, 0.1 * timeout)
+
     async def _run(self, run: Prepared, started: float) -> RunTotals:
         from airflow_provider_glm.runner import RowRunner, RunLimits
 
@@ -94,7 +102,7 @@ class GLMChatOperator(GLMBaseOperator):
             async_poll_interval=self.async_poll_interval,
             max_total_tokens=self.max_total_tokens,
             max_cost=self.max_cost,
-            deadline=started + self.execution_timeout.total_seconds() if self.execution_timeout else None,
+            deadline=self._deadline(started),
             progress_interval=self.progress_interval,
         )
         pools = -(-concurrency // _WORKERS_PER_POOL)

@@ -43,6 +43,7 @@ _PG_TRANSIENT = frozenset({"40001", "40P01"})
 _SCOPE = ("dag_id", "task_id", "run_id")
 _TOKENS = ("prompt_tokens", "completion_tokens", "total_tokens")
 _USAGE_TOKENS = (*_TOKENS, "cached_tokens", "reasoning_tokens")
+_NUL_COLUMNS = ("content", "reasoning_content", "finish_reason", "error", "model")
 
 
 def validate_table_name(name: str) -> tuple[str | None, str]:
@@ -145,6 +146,14 @@ def _row(record: ResultRecord | UsageRecord, names: tuple[str, ...]) -> dict[str
     row = {name: getattr(record, name) for name in names}
     row.update(dag_id=scope.dag_id, task_id=scope.task_id, run_id=scope.run_id, map_index=scope.map_index)
     return row
+
+
+def _replace_nul(row: dict[str, Any]) -> None:
+    """PostgreSQL text cannot hold NUL (psycopg2 refuses the whole batch): store U+FFFD in its place."""
+    for name in _NUL_COLUMNS:
+        value = row.get(name)
+        if isinstance(value, str) and "\x00" in value:
+            row[name] = value.replace("\x00", "\ufffd")
 
 
 def _check_length(what: str, value: Any, limit: int) -> None:
@@ -363,6 +372,8 @@ class SQLSink:
             if record.status not in _STATUSES:
                 raise ValueError(f"status must be one of {sorted(_STATUSES)}, got {record.status!r}")
             row = _row(record, self._result_fields)
+            if self._dialect == "postgresql":
+                _replace_nul(row)
             row["result_key"] = result_key(record.scope, record.row_key)
             rows[row["result_key"]] = row
         return [rows[key] for key in sorted(rows)]
