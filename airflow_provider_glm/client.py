@@ -129,7 +129,8 @@ class _ClientCore:
         limit = self.max_response_bytes if limit is None else limit
         if received > limit:
             raise GLMInvalidResponseError(
-                f"the answer exceeded max_response_bytes={limit}; aborted",
+                (f"the answer exceeded max_response_bytes={limit}; aborted" if limit == self.max_response_bytes
+                 else f"the download exceeded its cap of {limit} bytes; aborted"),
                 request_id=request_id,
             )
         if self.clock() > deadline:

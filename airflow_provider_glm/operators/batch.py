@@ -196,8 +196,11 @@ class GLMBatchOperator(GLMBaseOperator):
             if row.key not in todo:
                 continue
             body = build_chat_request(run.model, run.template.render(row), **run.params).to_body()
-            line = json.dumps({"custom_id": row.key, "method": "POST", "url": BATCH_ENDPOINT, "body": body},
-                              ensure_ascii=False).encode() + b"\n"
+            request = {"custom_id": row.key, "method": "POST", "url": BATCH_ENDPOINT, "body": body}
+            try:
+                line = json.dumps(request, ensure_ascii=False).encode() + b"\n"
+            except UnicodeEncodeError:
+                line = json.dumps(request).encode() + b"\n"  # a lone surrogate: escaped, GLM judges the row
             if lines and (len(lines) >= self.max_lines_per_file or size + len(line) > self.max_bytes_per_file):
                 yield b"".join(lines)
                 lines, size = [], 0

@@ -406,6 +406,11 @@ def answer_line(server: GLMTestServer, line: BatchLine) -> tuple[bool, dict[str,
         message = fault.message if fault.message is not None else default_message(code)
         return False, _error_line(line, fault.status or 500, code, message)
     problem = validate_chat_body(line.body)
+    if problem is None:
+        try:
+            json.dumps(line.body, ensure_ascii=False).encode()
+        except UnicodeEncodeError:
+            problem = "the request contains text that is not valid Unicode (a lone surrogate)"
     if problem is not None:
         return False, _error_line(line, 400, "1214", problem)
     usable = fault if fault is not None and fault.generates else None

@@ -163,3 +163,12 @@ def test_batch_results_exported_to_s3(glm_conn: Any, context: dict[str, Any], ur
     lines = [json.loads(x) for x in body.splitlines()]
     assert [x["row_key"] for x in lines] == [f"r{i:03d}" for i in range(5)]
     assert {x["status"] for x in lines} == {"ok"} and context["ti"].xcom["output_path"] == f"s3://{s3.bucket}/{key}"
+
+
+def test_a_lone_surrogate_does_not_break_the_batch_file(glm_conn: Any, context: dict[str, Any], url: str) -> None:
+    data = [*rows(3), {"id": "bad", "text": "broken \ud800 text"}]
+    op = batch_operator(url, rows=data, max_failed_rows=1)
+    out = op.execute(context)
+    assert out[:3] == [f"Summary: Summarize: night note {i}" for i in range(3)]
+    assert glm_conn.stats.batches_created == 1
+    assert len(SQLSink.from_url(url).results(SCOPE)) == 4
