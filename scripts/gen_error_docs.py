@@ -5,7 +5,7 @@ Two blocks are generated, each between its markers:
 * ``<!-- codes:start -->`` ... ``<!-- codes:end -->``: the business-code table
   (:data:`airflow_provider_glm.error_codes.CODE_TABLE`) and the HTTP-status rules used when a body
   carries no known code (:func:`~airflow_provider_glm.error_codes.rule_for_status`), each with what
-  ``GLMChatOperator`` does with the resulting error (:data:`airflow_provider_glm.runner.FATAL_ERRORS`).
+  ``GLMChatOperator`` does with the resulting error (:data:`airflow_provider_glm.recording.FATAL_ERRORS`).
 * ``<!-- retry:start -->`` ... ``<!-- retry:end -->``: the defaults of
   :class:`~airflow_provider_glm.retry.RetryPolicy`.
 
