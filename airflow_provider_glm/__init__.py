@@ -18,7 +18,10 @@ def get_provider_info() -> dict[str, Any]:
     return {
         "package-name": "airflow-provider-glm",
         "name": "GLM (Zhipu AI)",
-        "description": "Zhipu GLM models in Airflow: chat, async and batch operators over rows, a SQL results table and usage ledger.",
+        "description": (
+            "Zhipu GLM models in Airflow: chat, async and batch operators over rows, a SQL results table "
+            "and usage ledger."
+        ),
         "versions": [__version__],
         "integrations": [
             {

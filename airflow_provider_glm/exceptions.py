@@ -169,7 +169,8 @@ def _error_fields(body: Any) -> tuple[str | None, str | None, str | None]:
     """Business code, message and request id from ``{"error": {...}}`` or a top-level ``{code, message}``."""
     if not isinstance(body, dict):
         return None, None, None
-    inner = body.get("error") if isinstance(body.get("error"), dict) else body
+    error = body.get("error")
+    inner: dict[str, Any] = error if isinstance(error, dict) else body
     code = inner.get("code")
     message = inner.get("message") or inner.get("msg")
     request_id = body.get("request_id") or inner.get("request_id")

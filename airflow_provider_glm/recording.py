@@ -137,7 +137,7 @@ class RunRecorder:
     def __init__(self, *, scope: RunScope, try_number: int, model: str, pricer: Pricer, sink: SQLSink | None,
                  output: OutputSpec, keep_values: int, fail_on_truncation: bool = False,
                  write_timeout: float = 300.0,
-                 log: logging.Logger | None = None, keep_records: bool = False,
+                 log: Any = None, keep_records: bool = False,
                  on_billed: Callable[[UsageRecord], None] | None = None) -> None:
         self.scope = scope
         self.try_number = try_number

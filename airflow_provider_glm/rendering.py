@@ -145,7 +145,8 @@ class MessageTemplate:
             try:
                 self._compiled[path] = env.from_string(text)
             except TemplateSyntaxError as exc:
-                raise ValueError(f"messages[{path[0]}]: template syntax error: {exc.message} (line {exc.lineno})") from None
+                where = f"messages[{path[0]}]"
+                raise ValueError(f"{where}: template syntax error: {exc.message} (line {exc.lineno})") from None
 
     def _strings(self) -> Iterator[tuple[tuple[int, int | None], str]]:
         for i, message in enumerate(self._messages):

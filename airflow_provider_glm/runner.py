@@ -63,7 +63,7 @@ class RowRunner:
 
     def __init__(self, *, clients: Sequence[AsyncGLMClient], model: str, request_params: dict[str, Any],
                  template: Any, recorder: RunRecorder, limits: RunLimits,
-                 log: logging.Logger | None = None) -> None:
+                 log: Any = None) -> None:
         self.clients = clients
         self.model = model
         self.params = request_params
@@ -106,7 +106,8 @@ class RowRunner:
             return "deadline", "not sent: the task's execution_timeout was reached"
         spent_tokens = totals.spent_before_tokens + totals.total_tokens
         if limits.max_total_tokens is not None and spent_tokens >= limits.max_total_tokens:
-            return "budget", f"not sent: budget max_total_tokens={limits.max_total_tokens} reached ({spent_tokens} spent)"
+            limit = limits.max_total_tokens
+            return "budget", f"not sent: budget max_total_tokens={limit} reached ({spent_tokens} spent)"
         if limits.max_cost is not None:
             spent_cost = (totals.spent_before_cost or Decimal(0)) + (totals.cost or Decimal(0))
             if spent_cost >= limits.max_cost:
@@ -143,13 +144,13 @@ class RowRunner:
 
     async def _ask_async(self, client: AsyncGLMClient, messages: list[dict[str, Any]]) -> ChatCompletion:
         """Submit through the async API and poll until the task succeeds or fails."""
-        from airflow_provider_glm.batch_api import AsyncBatchAPI, get_async_result, submit_async_chat
+        from airflow_provider_glm.batch_api import AsyncBatchAPI, AsyncTask, get_async_result, submit_async_chat
         from airflow_provider_glm.models import build_chat_request
 
         api = AsyncBatchAPI(client)
         deadline = self.limits.deadline
-        task = await api(submit_async_chat(build_chat_request(self.model, messages, **self.params).to_body()),
-                         deadline=deadline)
+        body = build_chat_request(self.model, messages, **self.params).to_body()
+        task: AsyncTask = await api(submit_async_chat(body), deadline=deadline)
         while task.task_status == "PROCESSING":
             await asyncio.sleep(self.limits.async_poll_interval)
             task = await api(get_async_result(task.id), deadline=deadline)

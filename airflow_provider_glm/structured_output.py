@@ -33,7 +33,7 @@ class OutputSpec:
         if output_schema is None:
             return
         if isinstance(output_schema, Mapping):
-            import jsonschema
+            import jsonschema  # type: ignore[import-untyped]
 
             validator_class = jsonschema.validators.validator_for(output_schema)
             try:

@@ -14,7 +14,6 @@ from example_warehouse import WAREHOUSE_URL
 from airflow_provider_glm.operators.chat import GLMChatOperator
 
 
-
 @dag(schedule=None, start_date=pendulum.datetime(2026, 1, 1, tz="UTC"), catchup=False, tags=["glm", "example"])
 def glm_mapped_taskflow():
     @task

@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import pendulum
 from airflow.sdk import dag, task
-from example_warehouse import AIRFLOW_HOME, WAREHOUSE_URL, read_reviews
+from example_warehouse import WAREHOUSE_URL, read_reviews
 
 from airflow_provider_glm.operators.chat import GLMChatOperator
-
 
 
 @dag(schedule="@daily", start_date=pendulum.datetime(2026, 1, 1, tz="UTC"), catchup=False, tags=["glm", "example"])

@@ -7,7 +7,6 @@ from airflow.sdk import dag, task
 from example_warehouse import WAREHOUSE_URL
 
 
-
 @dag(schedule="@daily", start_date=pendulum.datetime(2026, 1, 1, tz="UTC"), catchup=False, tags=["glm", "example"])
 def glm_spend_report():
     @task
@@ -25,7 +24,8 @@ def glm_spend_report():
         for r in rows:
             cost = "unknown" if r["cost"] is None else f"{r['cost']:.6f} {r['currency'] or ''}".strip()
             lines.append(
-                f"{r['day']:<10}  {r['dag_id']:<24}  {r['model']:<14}  {r['calls']:>6}  {r['total_tokens']:>9}  {cost:>12}"
+                f"{r['day']:<10}  {r['dag_id']:<24}  {r['model']:<14}  {r['calls']:>6}  "
+                f"{r['total_tokens']:>9}  {cost:>12}"
             )
         print("\n".join(lines))
         return rows

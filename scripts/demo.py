@@ -49,7 +49,9 @@ def seed_warehouse(warehouse: Path, rows: int) -> None:
     rng = random.Random(7)
     engine = sa.create_engine(f"sqlite:///{warehouse}")
     with engine.begin() as conn:
-        conn.execute(sa.text("CREATE TABLE reviews (id INTEGER PRIMARY KEY, product TEXT NOT NULL, body TEXT NOT NULL)"))
+        conn.execute(
+            sa.text("CREATE TABLE reviews (id INTEGER PRIMARY KEY, product TEXT NOT NULL, body TEXT NOT NULL)")
+        )
         conn.execute(
             sa.text("INSERT INTO reviews (id, product, body) VALUES (:id, :product, :body)"),
             [{"id": i, "product": rng.choice(PRODUCTS), "body": " ".join(rng.sample(OPINIONS, 2))}
@@ -118,7 +120,8 @@ def report(warehouse: Path, server: object | None) -> None:
     print(f"  {'day':<10}  {'dag_id':<22}  {'model':<10}  {'calls':>6}  {'tokens':>8}  {'cost':>14}")
     for r in sink.spend_report():
         cost = "unknown" if r["cost"] is None else f"{r['cost']:.6f} {r['currency']}"
-        print(f"  {r['day']:<10}  {r['dag_id']:<22}  {r['model']:<10}  {r['calls']:>6}  {r['total_tokens']:>8}  {cost:>14}")
+        print(f"  {r['day']:<10}  {r['dag_id']:<22}  {r['model']:<10}  {r['calls']:>6}  "
+              f"{r['total_tokens']:>8}  {cost:>14}")
     usage = sink.usage()
     if server is not None:
         stats = server.stats  # type: ignore[attr-defined]

@@ -233,4 +233,7 @@ class GLMHook(BaseHook):
             return False, f"{type(exc).__name__}: {exc}"
         usage = answer.usage
         spent = f"{usage.total_tokens} tokens" if usage else "an unknown number of tokens"
-        return True, f"Connected to {self.settings.base_url} as model {answer.model or model}; the check spent {spent} (one max_tokens=1 call)."
+        return True, (
+            f"Connected to {self.settings.base_url} as model {answer.model or model}; "
+            f"the check spent {spent} (one max_tokens=1 call)."
+        )

@@ -176,7 +176,9 @@ class GLMBaseOperator(BaseOperator):
             build_chat_request(model, template.render(row), **params)
         table = PriceTable.default().with_overrides(hook.settings.prices).with_overrides(self.prices)
         if price_required and table.lookup(model) is None:
-            raise ValueError(f"max_cost needs a price for model {model!r}, which the price table lacks; add it with `prices`")
+            raise ValueError(
+                f"max_cost needs a price for model {model!r}, which the price table lacks; add it with `prices`"
+            )
         export = None
         if self.output_path:
             from airflow_provider_glm.sinks.objectstorage import JSONLResultsExport
@@ -208,7 +210,7 @@ class GLMBaseOperator(BaseOperator):
             sink = SQLSink.from_url(self.sqlalchemy_url, results_table=self.results_table,
                                     usage_table=self.usage_table)
         elif self.sql_conn_id:
-            db_hook = BaseHook.get_connection(self.sql_conn_id).get_hook()
+            db_hook = BaseHook.get_connection(self.sql_conn_id).get_hook()  # type: ignore[no-untyped-call]
             engine = getattr(db_hook, "get_sqlalchemy_engine", None)
             if engine is None:
                 raise ValueError(f"connection {self.sql_conn_id!r} is not a SQL connection with a SQLAlchemy engine")
@@ -243,7 +245,7 @@ class GLMBaseOperator(BaseOperator):
 
     def finish(self, context: Context, run: Prepared) -> Any:
         """The task's outcome once every record is written: a return value, or the failure."""
-        recorder, totals = run.recorder, run.recorder.totals
+        recorder = run.recorder
         if recorder.unwritten():
             raise RuntimeError(
                 f"{recorder.unwritten()} records could not be written to the sink ({recorder.write_error}) "

@@ -157,8 +157,7 @@ class GLMBatchOperator(GLMBaseOperator):
         instance (a crash between creating a batch and storing its id)."""
         from airflow_provider_glm.batch_api import list_batches, retrieve_batch
 
-        store = context.get("task_state_store")
-        ids = list(store.get(STATE_KEY) or []) if store is not None else []
+        ids = _stored_ids(context)
         found = {batch_id: api(retrieve_batch(batch_id)) for batch_id in ids}
         tag, after = self._scope_tag(run), None
         for _ in range(LOOKUP_PAGES):
@@ -181,7 +180,7 @@ class GLMBatchOperator(GLMBaseOperator):
             batch = api(create_batch(file.id, metadata=metadata, completion_window=self.completion_window))
             created.append(batch)
             if store is not None:
-                store.set(STATE_KEY, [*(store.get(STATE_KEY) or []), batch.id])
+                store.set(STATE_KEY, [*_stored_ids(context), batch.id])
             self.log.info("Created GLM batch %s (%d bytes of requests).", batch.id, len(content))
         return created
 
@@ -256,10 +255,18 @@ class GLMBatchOperator(GLMBaseOperator):
             for key, reason, code in errors:
                 if key in recorder.pending:
                     recorder.pending.discard(key)
-                    rule = rule_for_code(int(code)) if (code or "").isdigit() else None
-                    await recorder.failed(key, reason, filtered=rule is not None and rule.error == "GLMContentFilterError")
+                    rule = rule_for_code(int(code)) if code and code.isdigit() else None
+                    filtered = rule is not None and rule.error == "GLMContentFilterError"
+                    await recorder.failed(key, reason, filtered=filtered)
             statuses = ", ".join(f"{b.id} {b.status}" for b in batches) or "no batch"
             for key in sorted(recorder.pending):
                 await recorder.failed(key, f"no result for this row in the batch output ({statuses})")
             recorder.pending.clear()
         await recorder.flush(force=True)
+
+
+def _stored_ids(context: Context) -> list[str]:
+    """The batch ids this task instance stored in Airflow's task state store (none without one)."""
+    store = context.get("task_state_store")
+    value = store.get(STATE_KEY) if store is not None else None
+    return [str(batch_id) for batch_id in value] if isinstance(value, list) else []

@@ -14,7 +14,7 @@ RowStatus = Literal["ok", "failed", "filtered", "skipped"]
 
 def utcnow() -> dt.datetime:
     """The current time, timezone-aware in UTC (what every timestamp column stores)."""
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)
 
 
 @dataclass(frozen=True)

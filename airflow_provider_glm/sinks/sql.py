@@ -482,7 +482,7 @@ class SQLSink:
     def spend_report(self) -> list[dict[str, Any]]:
         """Calls, tokens and cost per day, DAG, model and currency from the ledger, newest day first."""
         table = self.usage_table
-        created = table.c.created_at
+        created: sa.ColumnElement[Any] = table.c.created_at
         if self._dialect == "postgresql":
             created = sa.func.timezone("UTC", created)
         day = sa.func.date(created).label("day")

@@ -32,7 +32,8 @@ import pytest
 import sqlalchemy as sa
 from airflow.sdk.exceptions import AirflowFailException, TaskDeferred
 
-from airflow_provider_glm.client import AsyncGLMClient, GLMClient, _ClientCore
+from airflow_provider_glm.client import AsyncGLMClient, GLMClient
+from airflow_provider_glm.client_core import ClientCore
 from airflow_provider_glm.error_codes import CODE_TABLE
 from airflow_provider_glm.exceptions import (
     GLMConnectionError,
@@ -215,7 +216,7 @@ def test_N1_connection_refused(mode: str) -> None:
             asyncio.run(run())
     assert len(attempts) == 2, "retried max_retries times before giving up"
     assert info.value.request_sent is False
-    assert _ClientCore.maybe_billed(info.value) is False, "a refused connection cannot have been billed"
+    assert ClientCore.maybe_billed(info.value) is False, "a refused connection cannot have been billed"
 
 
 @contextmanager
@@ -269,7 +270,7 @@ def test_N2_connect_timeout(how: str) -> None:
                     retry_policy=policy, sleep=attempts.append) as client:
                 client.chat_completion("glm-4.5", MESSAGES)
     assert len(attempts) == 1, "a connect timeout is retried"
-    assert info.value.request_sent is False and _ClientCore.maybe_billed(info.value) is False
+    assert info.value.request_sent is False and ClientCore.maybe_billed(info.value) is False
     assert time.monotonic() - started < 2.0
     if how == "mock-transport":
         assert len(sent) == 2
@@ -283,7 +284,7 @@ def test_N3_no_response_read_timeout(glm_server: GLMTestServer, mode: str) -> No
     assert time.monotonic() - started < 2.0
     assert glm_server.stats.requests == 2, "a read timeout is retried"
     assert glm_server.stats.billed_responses == 0
-    assert _ClientCore.maybe_billed(info.value) is True, "the request went out: billing is unknown"
+    assert ClientCore.maybe_billed(info.value) is True, "the request went out: billing is unknown"
 
 
 def test_N4_trickled_body_total_deadline(glm_server: GLMTestServer, mode: str) -> None:
@@ -354,7 +355,7 @@ def test_N5_reset_mid_body(glm_server: GLMTestServer, mode: str) -> None:
     glm_server.script(Fault.reset_mid_body())
     with pytest.raises(GLMConnectionError) as info:
         complete(glm_server, mode, max_retries=0)
-    assert info.value.retryable and _ClientCore.maybe_billed(info.value)
+    assert info.value.retryable and ClientCore.maybe_billed(info.value)
     assert glm_server.stats.requests == 1
 
 
