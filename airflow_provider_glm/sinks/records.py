@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Literal
 
@@ -49,12 +49,6 @@ class ResultRecord:
     total_tokens: int | None = None
     updated_at: dt.datetime = field(default_factory=utcnow)
 
-    def as_row(self) -> dict[str, Any]:
-        """Flatten into the column mapping of the results table."""
-        row = asdict(self)
-        row.update(asdict(self.scope))
-        del row["scope"]
-        return row
 
 
 @dataclass
@@ -83,9 +77,3 @@ class UsageRecord:
     GLM may have billed them, though no answer and no response id ever arrived."""
     created_at: dt.datetime = field(default_factory=utcnow)
 
-    def as_row(self) -> dict[str, Any]:
-        """Flatten into the column mapping of the usage table."""
-        row = asdict(self)
-        row.update(asdict(self.scope))
-        del row["scope"]
-        return row

@@ -141,7 +141,7 @@ def _is_transient(exc: DBAPIError) -> bool:
 
 
 def _row(record: ResultRecord | UsageRecord, names: tuple[str, ...]) -> dict[str, Any]:
-    """A shallow column mapping (``as_row`` deep-copies, which costs more than the insert)."""
+    """A shallow column mapping (``dataclasses.asdict`` deep-copies, which costs more than the insert)."""
     scope = record.scope
     row = {name: getattr(record, name) for name in names}
     row.update(dag_id=scope.dag_id, task_id=scope.task_id, run_id=scope.run_id, map_index=scope.map_index)
