@@ -141,8 +141,7 @@ class GLMBaseOperator(BaseOperator):
 
         return GLMHook(glm_conn_id=self.glm_conn_id)
 
-    def prepare(self, context: Context, *, price_required: bool = False, discount: Decimal = Decimal(1),
-                **recorder_options: Any) -> Prepared:
+    def prepare(self, context: Context, *, price_required: bool = False, discount: Decimal = Decimal(1)) -> Prepared:
         """Validate everything and set up the sink and recorder; no API call happens here.
 
         :param price_required: refuse a model the price table does not know (cost budgets need it).
@@ -198,7 +197,6 @@ class GLMBaseOperator(BaseOperator):
             keep_values=self.max_xcom_rows, fail_on_truncation=self.fail_on_truncation, log=self.log,
             on_billed=None if self.row_mode else lambda usage: self._push_usage(context, usage),
             keep_records=export is not None and sink is None,
-            **recorder_options,
         )
         return Prepared(hook, model, params, rows, template, recorder, sink, export)
 
