@@ -1,18 +1,13 @@
 """The SQL sink: row results (upserted) and the usage ledger, on SQLite, PostgreSQL and MySQL/MariaDB.
 
-SQLAlchemy Core only, bound parameters only; table names are validated identifiers. The results
-table's primary key is the surrogate ``result_key``: the SHA-256 hex digest of the logical key
-``(dag_id, task_id, run_id, map_index, row_key)`` serialized as a compact UTF-8 JSON array (see
-:func:`result_key`), because MySQL/MariaDB cannot index five long utf8mb4 VARCHARs (3072-byte limit).
+SQLAlchemy Core only, bound parameters only; table names are validated identifiers. The tables
+themselves (columns, types, the surrogate ``result_key``) are defined in
+:mod:`airflow_provider_glm.sinks.sql_tables`.
 """
 
 from __future__ import annotations
 
-import datetime as dt
-import hashlib
-import json
 import random
-import re
 import time
 from collections.abc import Generator, Sequence
 from dataclasses import fields
@@ -21,115 +16,32 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql, postgresql, sqlite
-from sqlalchemy.engine import Dialect, Engine
+from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql.dml import Insert
 
 from airflow_provider_glm.sinks.records import ResultRecord, RunScope, UsageRecord
+from airflow_provider_glm.sinks.sql_tables import (
+    ID_LENGTH,
+    MYSQL_DIALECTS,
+    RESPONSE_ID_LENGTH,
+    ROW_KEY_LENGTH,
+    SCOPE_COLUMNS,
+    result_key,
+    results_table_def,
+    usage_table_def,
+    validate_table_name,
+)
 
 __all__ = ["SQLSink", "result_key", "validate_table_name"]
 
-_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
-_MYSQL = ("mysql", "mariadb")
-_SUPPORTED_DIALECTS = ("sqlite", "postgresql", *_MYSQL)
-_ID_LENGTH = 250
-_ROW_KEY_LENGTH = 255
-_RESPONSE_ID_LENGTH = 128
+_SUPPORTED_DIALECTS = ("sqlite", "postgresql", *MYSQL_DIALECTS)
 _STATUSES = frozenset({"ok", "failed", "filtered", "skipped"})
 _CHUNK = 1000
 _MAX_ATTEMPTS = 5
 _MYSQL_TRANSIENT = frozenset({1205, 1213})
 _PG_TRANSIENT = frozenset({"40001", "40P01"})
-_SCOPE = ("dag_id", "task_id", "run_id")
-_TOKENS = ("prompt_tokens", "completion_tokens", "total_tokens")
-_USAGE_TOKENS = (*_TOKENS, "cached_tokens", "reasoning_tokens")
 _NUL_COLUMNS = ("content", "reasoning_content", "finish_reason", "error", "model")
-
-
-def validate_table_name(name: str) -> tuple[str | None, str]:
-    """Split and validate ``table`` or ``schema.table``; each part must be a plain identifier.
-
-    :param name: the configured table name.
-    :return: ``(schema, table)``, schema ``None`` when not given.
-    """
-    parts = name.split(".") if isinstance(name, str) else []
-    if not 1 <= len(parts) <= 2 or not all(_IDENTIFIER.fullmatch(part) for part in parts):
-        raise ValueError(
-            f"invalid table name {name!r}: expected 'table' or 'schema.table', each part matching "
-            "[A-Za-z_][A-Za-z0-9_]{0,62}"
-        )
-    return (parts[0], parts[1]) if len(parts) == 2 else (None, parts[0])
-
-
-def result_key(scope: RunScope, row_key: str) -> str:
-    """The results table's primary key: SHA-256 hex of the compact JSON array of the logical key.
-
-    :param scope: the task try's scope.
-    :param row_key: the input row's key.
-    """
-    logical = [scope.dag_id, scope.task_id, scope.run_id, scope.map_index, row_key]
-    payload = json.dumps(logical, ensure_ascii=False, separators=(",", ":"))
-    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
-
-
-class _UTCDateTime(sa.types.TypeDecorator[dt.datetime]):
-    """A timezone-aware timestamp stored in UTC; naive values are taken as UTC.
-
-    PostgreSQL stores ``timestamptz``; SQLite and MySQL/MariaDB store naive UTC (``DATETIME(6)``
-    on MySQL, which would otherwise drop microseconds). Values always read back aware, in UTC.
-    """
-
-    impl = sa.DateTime(timezone=True)
-    cache_ok = True
-
-    def load_dialect_impl(self, dialect: Dialect) -> sa.types.TypeEngine[Any]:
-        if dialect.name in _MYSQL:
-            return dialect.type_descriptor(mysql.DATETIME(fsp=6))
-        return dialect.type_descriptor(sa.DateTime(timezone=True))
-
-    def process_bind_param(self, value: dt.datetime | None, dialect: Dialect) -> dt.datetime | None:
-        if value is None:
-            return None
-        if not isinstance(value, dt.datetime):
-            raise ValueError(f"expected a datetime, got {value!r}")
-        value = value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
-        return value if dialect.name == "postgresql" else value.replace(tzinfo=None)
-
-    def process_result_value(self, value: Any, dialect: Dialect) -> dt.datetime | None:
-        if value is None:
-            return None
-        if isinstance(value, str):
-            value = dt.datetime.fromisoformat(value)
-        if value.tzinfo is None:
-            return value.replace(tzinfo=dt.UTC)  # type: ignore[no-any-return]
-        return value.astimezone(dt.UTC)  # type: ignore[no-any-return]
-
-
-def _long_text() -> sa.types.TypeEngine[str]:
-    return sa.Text().with_variant(mysql.LONGTEXT(), *_MYSQL)
-
-
-def _index_name(table: str, suffix: str) -> str:
-    name = f"ix_{table}_{suffix}"
-    if len(name) <= 60:
-        return name
-    return f"ix_{table[:40]}_{hashlib.sha256(table.encode()).hexdigest()[:8]}_{suffix}"
-
-
-def _table_options() -> dict[str, Any]:
-    """InnoDB, utf8mb4 and binary (case-sensitive) comparison of ids on MySQL/MariaDB."""
-    options = {"engine": "InnoDB", "default_charset": "utf8mb4", "collate": "utf8mb4_bin"}
-    return {f"{prefix}_{name}": value for prefix in _MYSQL for name, value in options.items()}
-
-
-def _scope_columns() -> list[sa.Column[Any]]:
-    return [
-        sa.Column("dag_id", sa.String(_ID_LENGTH), nullable=False),
-        sa.Column("task_id", sa.String(_ID_LENGTH), nullable=False),
-        sa.Column("run_id", sa.String(_ID_LENGTH), nullable=False),
-        sa.Column("map_index", sa.Integer, nullable=False),
-    ]
-
 
 def _is_transient(exc: DBAPIError) -> bool:
     """Deadlocks and serialization failures, which a retry of the whole transaction resolves."""
@@ -162,8 +74,8 @@ def _check_length(what: str, value: Any, limit: int) -> None:
 
 
 def _check_scope(scope: RunScope) -> None:
-    for name in _SCOPE:
-        _check_length(name, getattr(scope, name), _ID_LENGTH)
+    for name in SCOPE_COLUMNS:
+        _check_length(name, getattr(scope, name), ID_LENGTH)
 
 
 class SQLSink:
@@ -187,44 +99,8 @@ class SQLSink:
             raise ValueError(f"unsupported SQL dialect {self._dialect!r}: the SQL sink supports {supported}")
         self._engine = engine
         self._metadata = sa.MetaData()
-        self.results_table = sa.Table(
-            res_name,
-            self._metadata,
-            sa.Column("result_key", sa.CHAR(64), primary_key=True),
-            *_scope_columns(),
-            sa.Column("row_key", sa.String(_ROW_KEY_LENGTH), nullable=False),
-            sa.Column("status", sa.String(16), nullable=False),
-            *(sa.Column(name, _long_text()) for name in ("content", "reasoning_content")),
-            sa.Column("finish_reason", sa.String(64)),
-            sa.Column("output", sa.JSON(none_as_null=True)),
-            sa.Column("error", _long_text()),
-            sa.Column("model", sa.String(128)),
-            *(sa.Column(name, sa.Integer) for name in _TOKENS),
-            sa.Column("updated_at", _UTCDateTime(), nullable=False),
-            sa.Index(_index_name(res_name, "scope"), *_SCOPE),
-            schema=res_schema,
-            **_table_options(),
-        )
-        self.usage_table = sa.Table(
-            use_name,
-            self._metadata,
-            sa.Column("response_id", sa.String(_RESPONSE_ID_LENGTH), primary_key=True),
-            sa.Column("request_id", sa.String(_RESPONSE_ID_LENGTH)),
-            *_scope_columns(),
-            sa.Column("try_number", sa.Integer, nullable=False),
-            sa.Column("row_key", sa.String(_ROW_KEY_LENGTH)),
-            sa.Column("model", sa.String(128), nullable=False),
-            *(sa.Column(name, sa.Integer, nullable=False) for name in _USAGE_TOKENS),
-            sa.Column("cost", sa.Numeric(20, 10)),
-            sa.Column("currency", sa.String(8)),
-            sa.Column("latency_ms", sa.Integer),
-            sa.Column("attempts", sa.Integer, nullable=False, server_default="1"),
-            sa.Column("unknown_billing_attempts", sa.Integer, nullable=False, server_default="0"),
-            sa.Column("created_at", _UTCDateTime(), nullable=False),
-            sa.Index(_index_name(use_name, "scope"), *_SCOPE),
-            schema=use_schema,
-            **_table_options(),
-        )
+        self.results_table = results_table_def(self._metadata, res_schema, res_name)
+        self.usage_table = usage_table_def(self._metadata, use_schema, use_name)
         self._result_fields = tuple(f.name for f in fields(ResultRecord) if f.name in self.results_table.c)
         self._usage_fields = tuple(f.name for f in fields(UsageRecord) if f.name in self.usage_table.c)
         self._results_insert = self._build_results_upsert()
@@ -265,9 +141,9 @@ class SQLSink:
         updated = [
             c.name
             for c in table.columns
-            if not c.primary_key and c.name not in (*_SCOPE, "map_index", "row_key")
+            if not c.primary_key and c.name not in (*SCOPE_COLUMNS, "map_index", "row_key")
         ]
-        if self._dialect in _MYSQL:
+        if self._dialect in MYSQL_DIALECTS:
             my_stmt = mysql.insert(table)
             return my_stmt.on_duplicate_key_update({name: my_stmt.inserted[name] for name in updated})
         stmt = (postgresql.insert if self._dialect == "postgresql" else sqlite.insert)(table)
@@ -285,7 +161,7 @@ class SQLSink:
 
     def _build_usage_insert(self) -> Insert:
         table = self.usage_table
-        if self._dialect in _MYSQL:
+        if self._dialect in MYSQL_DIALECTS:
             my_stmt = mysql.insert(table)
             return my_stmt.on_duplicate_key_update(response_id=my_stmt.inserted.response_id)
         stmt = (postgresql.insert if self._dialect == "postgresql" else sqlite.insert)(table)
@@ -368,7 +244,7 @@ class SQLSink:
         rows: dict[str, dict[str, Any]] = {}
         for record in results:
             _check_scope(record.scope)
-            _check_length("row_key", record.row_key, _ROW_KEY_LENGTH)
+            _check_length("row_key", record.row_key, ROW_KEY_LENGTH)
             if record.status not in _STATUSES:
                 raise ValueError(f"status must be one of {sorted(_STATUSES)}, got {record.status!r}")
             row = _row(record, self._result_fields)
@@ -382,9 +258,9 @@ class SQLSink:
         rows: dict[str, dict[str, Any]] = {}
         for record in usage:
             _check_scope(record.scope)
-            _check_length("response_id", record.response_id, _RESPONSE_ID_LENGTH)
+            _check_length("response_id", record.response_id, RESPONSE_ID_LENGTH)
             if record.row_key is not None:
-                _check_length("row_key", record.row_key, _ROW_KEY_LENGTH)
+                _check_length("row_key", record.row_key, ROW_KEY_LENGTH)
             if record.response_id not in rows:
                 rows[record.response_id] = _row(record, self._usage_fields)
         return [rows[key] for key in sorted(rows)]
@@ -435,7 +311,7 @@ class SQLSink:
         """
         table = self.results_table
         query = sa.select(table).order_by(
-            table.c.row_key, *(table.c[name] for name in (*_SCOPE, "map_index"))
+            table.c.row_key, *(table.c[name] for name in (*SCOPE_COLUMNS, "map_index"))
         )
         return self._fetch(query if scope is None else query.where(self._where_scope(table, scope)))
 
@@ -459,7 +335,7 @@ class SQLSink:
         order: sa.ColumnElement[Any] = table.c.row_key
         if self._dialect == "postgresql":
             order = sa.collate(table.c.row_key, "C")
-        elif self._dialect in _MYSQL:
+        elif self._dialect in MYSQL_DIALECTS:
             order = sa.cast(table.c.row_key, mysql.BINARY())
         query = sa.select(table).where(self._where_scope(table, scope)).order_by(order)
         with self._engine.connect() as conn:

@@ -1,0 +1,166 @@
+"""The SQL sink's schema: validated table names, column types, and the two table definitions.
+
+The results table's primary key is the surrogate ``result_key``: the SHA-256 hex digest of the
+logical key ``(dag_id, task_id, run_id, map_index, row_key)`` serialized as a compact UTF-8 JSON
+array (see :func:`result_key`), because MySQL/MariaDB cannot index five long utf8mb4 VARCHARs
+(3072-byte limit). Timestamps are stored in UTC on every dialect; long text is LONGTEXT on MySQL.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import re
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import mysql
+from sqlalchemy.engine import Dialect
+
+from airflow_provider_glm.sinks.records import RunScope
+
+__all__ = [
+    "ID_LENGTH", "MYSQL_DIALECTS", "RESPONSE_ID_LENGTH", "ROW_KEY_LENGTH", "SCOPE_COLUMNS", "result_key",
+    "results_table_def", "usage_table_def", "validate_table_name",
+]
+
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
+MYSQL_DIALECTS = ("mysql", "mariadb")
+ID_LENGTH = 250
+ROW_KEY_LENGTH = 255
+RESPONSE_ID_LENGTH = 128
+SCOPE_COLUMNS = ("dag_id", "task_id", "run_id")
+_TOKENS = ("prompt_tokens", "completion_tokens", "total_tokens")
+_USAGE_TOKENS = (*_TOKENS, "cached_tokens", "reasoning_tokens")
+
+
+def validate_table_name(name: str) -> tuple[str | None, str]:
+    """Split and validate ``table`` or ``schema.table``; each part must be a plain identifier.
+
+    :param name: the configured table name.
+    :return: ``(schema, table)``, schema ``None`` when not given.
+    """
+    parts = name.split(".") if isinstance(name, str) else []
+    if not 1 <= len(parts) <= 2 or not all(_IDENTIFIER.fullmatch(part) for part in parts):
+        raise ValueError(
+            f"invalid table name {name!r}: expected 'table' or 'schema.table', each part matching "
+            "[A-Za-z_][A-Za-z0-9_]{0,62}"
+        )
+    return (parts[0], parts[1]) if len(parts) == 2 else (None, parts[0])
+
+
+def result_key(scope: RunScope, row_key: str) -> str:
+    """The results table's primary key: SHA-256 hex of the compact JSON array of the logical key.
+
+    :param scope: the task try's scope.
+    :param row_key: the input row's key.
+    """
+    logical = [scope.dag_id, scope.task_id, scope.run_id, scope.map_index, row_key]
+    payload = json.dumps(logical, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+
+class _UTCDateTime(sa.types.TypeDecorator[dt.datetime]):
+    """A timezone-aware timestamp stored in UTC; naive values are taken as UTC.
+
+    PostgreSQL stores ``timestamptz``; SQLite and MySQL/MariaDB store naive UTC (``DATETIME(6)``
+    on MySQL, which would otherwise drop microseconds). Values always read back aware, in UTC.
+    """
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> sa.types.TypeEngine[Any]:
+        if dialect.name in MYSQL_DIALECTS:
+            return dialect.type_descriptor(mysql.DATETIME(fsp=6))
+        return dialect.type_descriptor(sa.DateTime(timezone=True))
+
+    def process_bind_param(self, value: dt.datetime | None, dialect: Dialect) -> dt.datetime | None:
+        if value is None:
+            return None
+        if not isinstance(value, dt.datetime):
+            raise ValueError(f"expected a datetime, got {value!r}")
+        value = value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
+        return value if dialect.name == "postgresql" else value.replace(tzinfo=None)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> dt.datetime | None:
+        if value is None:
+            return None
+        if isinstance(value, str):
+            value = dt.datetime.fromisoformat(value)
+        if value.tzinfo is None:
+            return value.replace(tzinfo=dt.UTC)  # type: ignore[no-any-return]
+        return value.astimezone(dt.UTC)  # type: ignore[no-any-return]
+
+
+def _long_text() -> sa.types.TypeEngine[str]:
+    return sa.Text().with_variant(mysql.LONGTEXT(), *MYSQL_DIALECTS)
+
+
+def _index_name(table: str, suffix: str) -> str:
+    name = f"ix_{table}_{suffix}"
+    if len(name) <= 60:
+        return name
+    return f"ix_{table[:40]}_{hashlib.sha256(table.encode()).hexdigest()[:8]}_{suffix}"
+
+
+def _table_options() -> dict[str, Any]:
+    """InnoDB, utf8mb4 and binary (case-sensitive) comparison of ids on MySQL/MariaDB."""
+    options = {"engine": "InnoDB", "default_charset": "utf8mb4", "collate": "utf8mb4_bin"}
+    return {f"{prefix}_{name}": value for prefix in MYSQL_DIALECTS for name, value in options.items()}
+
+
+def _scope_columns() -> list[sa.Column[Any]]:
+    return [
+        sa.Column("dag_id", sa.String(ID_LENGTH), nullable=False),
+        sa.Column("task_id", sa.String(ID_LENGTH), nullable=False),
+        sa.Column("run_id", sa.String(ID_LENGTH), nullable=False),
+        sa.Column("map_index", sa.Integer, nullable=False),
+    ]
+
+
+def results_table_def(metadata: sa.MetaData, schema: str | None, name: str) -> sa.Table:
+    """The results table: one row per input row, upserted on ``result_key``."""
+    return sa.Table(
+        name,
+        metadata,
+        sa.Column("result_key", sa.CHAR(64), primary_key=True),
+        *_scope_columns(),
+        sa.Column("row_key", sa.String(ROW_KEY_LENGTH), nullable=False),
+        sa.Column("status", sa.String(16), nullable=False),
+        *(sa.Column(column, _long_text()) for column in ("content", "reasoning_content")),
+        sa.Column("finish_reason", sa.String(64)),
+        sa.Column("output", sa.JSON(none_as_null=True)),
+        sa.Column("error", _long_text()),
+        sa.Column("model", sa.String(128)),
+        *(sa.Column(column, sa.Integer) for column in _TOKENS),
+        sa.Column("updated_at", _UTCDateTime(), nullable=False),
+        sa.Index(_index_name(name, "scope"), *SCOPE_COLUMNS),
+        schema=schema,
+        **_table_options(),
+    )
+
+
+def usage_table_def(metadata: sa.MetaData, schema: str | None, name: str) -> sa.Table:
+    """The usage ledger: one row per billed response, keyed by ``response_id``."""
+    return sa.Table(
+        name,
+        metadata,
+        sa.Column("response_id", sa.String(RESPONSE_ID_LENGTH), primary_key=True),
+        sa.Column("request_id", sa.String(RESPONSE_ID_LENGTH)),
+        *_scope_columns(),
+        sa.Column("try_number", sa.Integer, nullable=False),
+        sa.Column("row_key", sa.String(ROW_KEY_LENGTH)),
+        sa.Column("model", sa.String(128), nullable=False),
+        *(sa.Column(column, sa.Integer, nullable=False) for column in _USAGE_TOKENS),
+        sa.Column("cost", sa.Numeric(20, 10)),
+        sa.Column("currency", sa.String(8)),
+        sa.Column("latency_ms", sa.Integer),
+        sa.Column("attempts", sa.Integer, nullable=False, server_default="1"),
+        sa.Column("unknown_billing_attempts", sa.Integer, nullable=False, server_default="0"),
+        sa.Column("created_at", _UTCDateTime(), nullable=False),
+        sa.Index(_index_name(name, "scope"), *SCOPE_COLUMNS),
+        schema=schema,
+        **_table_options(),
+    )
