@@ -8,10 +8,10 @@ pydantic request/response models are meant to load lazily, at ``execute()``.
 The comparison rows (``apache-airflow-providers-openai``, ``apache-airflow-providers-common-ai``) run in a
 separate throwaway venv given by ``--compare-python`` (so the project venv stays clean)::
 
-    .venv/bin/uv venv /tmp/bench-venv
-    .venv/bin/uv pip install --python /tmp/bench-venv/bin/python apache-airflow==3.3.2 \\
+    .venv/bin/uv venv .bench-venv
+    .venv/bin/uv pip install --python .bench-venv/bin/python apache-airflow==3.3.2 \\
         apache-airflow-providers-openai apache-airflow-providers-common-ai -e .
-    .venv/bin/python -m benchmarks --sections parse --compare-python /tmp/bench-venv/bin/python
+    .venv/bin/python -m benchmarks --sections parse --compare-python .bench-venv/bin/python
 """
 
 from __future__ import annotations
