@@ -60,7 +60,7 @@ class JSONLResultsExport:
     """Writes one scope's results as JSON Lines to an object store (or a local file).
 
     The path must be a URL with a scheme: ``s3://bucket/glm/run-1/results.jsonl``, or
-    ``file:///abs/path/results.jsonl`` for a local file. A bare path such as ``/tmp/results.jsonl``
+    ``file:///abs/path/results.jsonl`` for a local file. A bare path such as ``/data/results.jsonl``
     is refused on purpose: a local file lands on whichever worker ran the task, so it must be asked
     for explicitly. Templated paths (``{{ run_id }}``) must be rendered before this is built.
 

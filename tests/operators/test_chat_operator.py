@@ -325,7 +325,7 @@ def test_results_exported_as_jsonl_with_and_without_sql(glm_conn: Any, context: 
 
 def test_bad_output_path_costs_zero_calls(glm_conn: Any, context: dict[str, Any]) -> None:
     with pytest.raises(ValueError, match="file://"):
-        row_operator(None, rows=rows(2), output_path="/tmp/relative-or-bare.jsonl").execute(context)
+        row_operator(None, rows=rows(2), output_path="/data/relative-or-bare.jsonl").execute(context)
     assert glm_conn.stats.requests == 0
 
 

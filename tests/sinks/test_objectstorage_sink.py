@@ -98,13 +98,13 @@ def _failing(rows: int) -> Iterator[dict[str, Any]]:
 @pytest.mark.parametrize(
     ("path", "conn_id", "url"),
     [
-        ("file:///tmp/glm/results.jsonl", None, "file:///tmp/glm/results.jsonl"),
+        ("file:///data/glm/results.jsonl", None, "file:///data/glm/results.jsonl"),
         ("  s3://bucket/glm/run-1/results.jsonl ", "aws_moto", "s3://bucket/glm/run-1/results.jsonl"),
         ("s3://aws_moto@bucket/results.jsonl", None, "s3://bucket/results.jsonl"),
         ("s3://aws_moto@bucket/results.jsonl", "aws_moto", "s3://bucket/results.jsonl"),
         ("S3://bucket/scheduled__2026-11-26T00:00:00+00:00/r.jsonl", None,
          "s3://bucket/scheduled__2026-11-26T00:00:00+00:00/r.jsonl"),
-        ("local:///var/tmp/r.jsonl", None, "local:///var/tmp/r.jsonl"),
+        ("local:///var/data/r.jsonl", None, "local:///var/data/r.jsonl"),
     ],
 )
 def test_validate_accepts(path: str, conn_id: str | None, url: str) -> None:
@@ -114,13 +114,13 @@ def test_validate_accepts(path: str, conn_id: str | None, url: str) -> None:
 @pytest.mark.parametrize(
     ("path", "conn_id", "message"),
     [
-        ("/tmp/results.jsonl", None, "has no scheme"),
+        ("/data/results.jsonl", None, "has no scheme"),
         ("results.jsonl", None, "has no scheme"),
         ("C:\\results.jsonl", None, "has no scheme"),
         ("s3:/bucket/key.jsonl", None, "has no scheme"),
-        ("file://tmp/results.jsonl", None, "not an absolute local path"),
-        ("file://localhost/tmp/results.jsonl", None, "not an absolute local path"),
-        ("file:///tmp/glm/", None, "must name a file"),
+        ("file://data/results.jsonl", None, "not an absolute local path"),
+        ("file://localhost/data/results.jsonl", None, "not an absolute local path"),
+        ("file:///data/glm/", None, "must name a file"),
         ("s3://bucket", None, "needs a bucket and a key"),
         ("s3://bucket/", None, "needs a bucket and a key"),
         ("s3:///key.jsonl", None, "needs a bucket and a key"),
