@@ -1,4 +1,8 @@
-"""The SQL sink's schema: validated table names, column types, and the two table definitions.
+"""The SQL sink's schema: validated table names, column types, and the table definitions.
+
+Four tables: results (one row per input row and run), the usage ledger (one row per billed or
+possibly billed call), runs (one summary row per task try) and, when asked for, latest (the current
+answer per row key, across runs).
 
 The results table's primary key is the surrogate ``result_key``: the SHA-256 hex digest of the
 logical key ``(dag_id, task_id, run_id, map_index, row_key)`` serialized as a compact UTF-8 JSON
@@ -12,6 +16,7 @@ import datetime as dt
 import hashlib
 import json
 import re
+from collections.abc import Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -21,8 +26,9 @@ from sqlalchemy.engine import Dialect
 from airflow_provider_glm.sinks.records import RunScope
 
 __all__ = [
-    "ID_LENGTH", "MYSQL_DIALECTS", "RESPONSE_ID_LENGTH", "ROW_KEY_LENGTH", "SCOPE_COLUMNS", "result_key",
-    "results_table_def", "usage_table_def", "validate_table_name",
+    "ID_LENGTH", "MYSQL_DIALECTS", "RESPONSE_ID_LENGTH", "ROW_KEY_LENGTH", "RUN_COUNTS", "SCOPE_COLUMNS",
+    "latest_table_def", "result_key", "results_table_def", "runs_table_def", "usage_table_def",
+    "validate_table_name",
 ]
 
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
@@ -33,6 +39,9 @@ RESPONSE_ID_LENGTH = 128
 SCOPE_COLUMNS = ("dag_id", "task_id", "run_id")
 _TOKENS = ("prompt_tokens", "completion_tokens", "total_tokens")
 _USAGE_TOKENS = (*_TOKENS, "cached_tokens", "reasoning_tokens")
+_ANSWER_JSON = ("tool_calls", "web_search", "content_filter")
+RUN_COUNTS = ("rows", "ok", "failed", "filtered", "skipped", "reused", "resumed")
+_RUN_TOKENS = ("prompt_tokens", "completion_tokens", "total_tokens", "unknown_tokens_max")
 
 
 def validate_table_name(name: str) -> tuple[str | None, str]:
@@ -120,47 +129,126 @@ def _scope_columns() -> list[sa.Column[Any]]:
     ]
 
 
-def results_table_def(metadata: sa.MetaData, schema: str | None, name: str) -> sa.Table:
-    """The results table: one row per input row, upserted on ``result_key``."""
-    return sa.Table(
-        name,
-        metadata,
-        sa.Column("result_key", sa.CHAR(64), primary_key=True),
-        *_scope_columns(),
+def _answer_columns() -> list[sa.Column[Any]]:
+    """What a result holds: status, the answer's parts, tokens, and where it came from."""
+    return [
+        sa.Column("logical_date", _UTCDateTime()),
+        sa.Column("try_number", sa.Integer),
         sa.Column("row_key", sa.String(ROW_KEY_LENGTH), nullable=False),
         sa.Column("status", sa.String(16), nullable=False),
         *(sa.Column(column, _long_text()) for column in ("content", "reasoning_content")),
         sa.Column("finish_reason", sa.String(64)),
         sa.Column("output", sa.JSON(none_as_null=True)),
+        *(sa.Column(column, sa.JSON(none_as_null=True)) for column in _ANSWER_JSON),
         sa.Column("error", _long_text()),
         sa.Column("model", sa.String(128)),
         *(sa.Column(column, sa.Integer) for column in _TOKENS),
+        sa.Column("fingerprint", sa.CHAR(64)),
+        sa.Column("reused_from_run_id", sa.String(ID_LENGTH)),
         sa.Column("updated_at", _UTCDateTime(), nullable=False),
+    ]
+
+
+def results_table_def(metadata: sa.MetaData, schema: str | None, name: str,
+                      output_columns: Sequence[sa.Column[Any]] = ()) -> sa.Table:
+    """The results table: one row per input row and run, upserted on ``result_key``.
+
+    :param output_columns: typed columns filled from the structured output (``output_columns=True``).
+    """
+    return sa.Table(
+        name,
+        metadata,
+        sa.Column("result_key", sa.CHAR(64), primary_key=True),
+        *_scope_columns(),
+        *_answer_columns(),
+        *output_columns,
         sa.Index(_index_name(name, "scope"), *SCOPE_COLUMNS),
+        sa.Index(_index_name(name, "fingerprint"), "fingerprint"),
+        schema=schema,
+        **_table_options(),
+    )
+
+
+def latest_table_def(metadata: sa.MetaData, schema: str | None, name: str,
+                     output_columns: Sequence[sa.Column[Any]] = ()) -> sa.Table:
+    """The latest table: the current ``ok`` answer per (dag_id, task_id, row_key), upserted on ``latest_key``.
+
+    Its ``run_id`` is the run that last wrote the row; ``reused_from_run_id`` the run that paid for it.
+    """
+    return sa.Table(
+        name,
+        metadata,
+        sa.Column("latest_key", sa.CHAR(64), primary_key=True),
+        *_scope_columns(),
+        *_answer_columns(),
+        *output_columns,
+        sa.Index(_index_name(name, "task"), "dag_id", "task_id"),
         schema=schema,
         **_table_options(),
     )
 
 
 def usage_table_def(metadata: sa.MetaData, schema: str | None, name: str) -> sa.Table:
-    """The usage ledger: one row per billed response, keyed by ``response_id``."""
+    """The usage ledger: one row per billed (or possibly billed) call, keyed by ``response_id``.
+
+    ``billing`` is ``known`` when the answer's usage came back, ``unknown`` for a call that ended
+    without a usable answer after attempts that may have been billed; ``unknown_tokens_max`` and
+    ``unknown_cost_max`` bound what those attempts can have cost.
+    """
     return sa.Table(
         name,
         metadata,
         sa.Column("response_id", sa.String(RESPONSE_ID_LENGTH), primary_key=True),
         sa.Column("request_id", sa.String(RESPONSE_ID_LENGTH)),
         *_scope_columns(),
+        sa.Column("logical_date", _UTCDateTime()),
         sa.Column("try_number", sa.Integer, nullable=False),
         sa.Column("row_key", sa.String(ROW_KEY_LENGTH)),
+        sa.Column("api", sa.String(16), nullable=False, server_default="online"),
         sa.Column("model", sa.String(128), nullable=False),
+        sa.Column("billing", sa.String(8), nullable=False, server_default="known"),
         *(sa.Column(column, sa.Integer, nullable=False) for column in _USAGE_TOKENS),
         sa.Column("cost", sa.Numeric(20, 10)),
         sa.Column("currency", sa.String(8)),
         sa.Column("latency_ms", sa.Integer),
         sa.Column("attempts", sa.Integer, nullable=False, server_default="1"),
         sa.Column("unknown_billing_attempts", sa.Integer, nullable=False, server_default="0"),
+        sa.Column("unknown_tokens_max", sa.BigInteger, nullable=False, server_default="0"),
+        sa.Column("unknown_cost_max", sa.Numeric(20, 10)),
         sa.Column("created_at", _UTCDateTime(), nullable=False),
         sa.Index(_index_name(name, "scope"), *SCOPE_COLUMNS),
+        sa.Index(_index_name(name, "created"), "created_at"),
+        sa.Index(_index_name(name, "dag_created"), "dag_id", "created_at"),
+        schema=schema,
+        **_table_options(),
+    )
+
+
+def runs_table_def(metadata: sa.MetaData, schema: str | None, name: str) -> sa.Table:
+    """The runs table: one summary row per task try (counts, spend, budgets), upserted on ``run_key``."""
+    return sa.Table(
+        name,
+        metadata,
+        sa.Column("run_key", sa.CHAR(64), primary_key=True),
+        *_scope_columns(),
+        sa.Column("logical_date", _UTCDateTime()),
+        sa.Column("try_number", sa.Integer, nullable=False),
+        sa.Column("operator", sa.String(64), nullable=False),
+        sa.Column("api", sa.String(16), nullable=False),
+        sa.Column("model", sa.String(128), nullable=False),
+        *(sa.Column(column, sa.Integer, nullable=False, server_default="0") for column in RUN_COUNTS),
+        *(sa.Column(column, sa.BigInteger, nullable=False, server_default="0") for column in _RUN_TOKENS),
+        sa.Column("unknown_billing_attempts", sa.Integer, nullable=False, server_default="0"),
+        sa.Column("cost", sa.Numeric(20, 10)),
+        sa.Column("unknown_cost_max", sa.Numeric(20, 10)),
+        sa.Column("currency", sa.String(8)),
+        sa.Column("max_total_tokens", sa.BigInteger),
+        sa.Column("max_cost", sa.Numeric(20, 10)),
+        sa.Column("stop_kind", sa.String(16)),
+        sa.Column("state", sa.String(16), nullable=False),
+        sa.Column("started_at", _UTCDateTime(), nullable=False),
+        sa.Column("ended_at", _UTCDateTime()),
+        sa.Index(_index_name(name, "dag_started"), "dag_id", "started_at"),
         schema=schema,
         **_table_options(),
     )
