@@ -13,125 +13,19 @@ Example::
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseHook
 
-from airflow_provider_glm import constants
+from airflow_provider_glm.connection import ConnectionSettings
 
 if TYPE_CHECKING:
-    from airflow.sdk import Connection
-
-    from airflow_provider_glm.auth import APIKey
     from airflow_provider_glm.client import AsyncGLMClient, GLMClient
     from airflow_provider_glm.models import ChatCompletion, ChatCompletionChunk
 
-__all__ = ["ConnectionSettings", "GLMHook"]
-
-_KEY_EXTRAS = ("api_key", "apikey", "key", "token", "secret", "password")
-_KNOWN_EXTRAS = frozenset(
-    {"model", "timeout", "connect_timeout", "read_timeout", "max_retries", "auth", "prices", "headers",
-     "max_connections", "max_response_bytes"}
-)
-_RESERVED_HEADERS = frozenset({"authorization", "content-type", "host", "content-length"})
-
-
-@dataclass(frozen=True)
-class ConnectionSettings:
-    """What a ``glm`` connection says, validated; the key stays wrapped in :class:`APIKey`."""
-
-    api_key: APIKey = field(repr=False)
-    base_url: str
-    model: str
-    auth: str
-    client_options: dict[str, Any]
-    prices: dict[str, Any] | None
-
-    @classmethod
-    def from_connection(cls, conn: Connection) -> ConnectionSettings:
-        """Read and check a connection; errors name the field at fault, never its secret value.
-
-        :param conn: an Airflow connection of type ``glm``.
-        """
-        from airflow_provider_glm.auth import APIKey
-
-        extra = conn.extra_dejson or {}
-        leaked = sorted(k for k in extra if k.lower() in _KEY_EXTRAS)
-        if leaked:
-            raise ValueError(
-                f"connection {conn.conn_id!r}: the API key belongs in the password field, not in extra "
-                f"{leaked}; extras are shown in the UI and logs"
-            )
-        unknown = sorted(set(extra) - _KNOWN_EXTRAS)
-        if unknown:
-            raise ValueError(f"connection {conn.conn_id!r}: unknown extra field(s) {unknown}")
-        if not conn.password:
-            raise ValueError(f"connection {conn.conn_id!r} has no API key: set its password field")
-        options: dict[str, Any] = {}
-        for name in ("timeout", "connect_timeout", "read_timeout"):
-            if extra.get(name) not in (None, ""):
-                options[name] = _number(conn.conn_id, name, extra[name], float)
-        for name in ("max_retries", "max_connections", "max_response_bytes"):
-            if extra.get(name) not in (None, ""):
-                options[name] = _number(conn.conn_id, name, extra[name], int)
-        if extra.get("headers"):
-            if not isinstance(extra["headers"], Mapping):
-                raise ValueError(f"connection {conn.conn_id!r}: extra 'headers' must be an object")
-            reserved = sorted(k for k in extra["headers"] if str(k).lower() in _RESERVED_HEADERS)
-            if reserved:
-                raise ValueError(
-                    f"connection {conn.conn_id!r}: extra 'headers' may not set {reserved}; the client sets them "
-                    "(the API key belongs in the password field)"
-                )
-            options["headers"] = {str(k): str(v) for k, v in extra["headers"].items()}
-        auth = str(extra.get("auth") or "bearer").lower()
-        if auth not in ("bearer", "jwt"):
-            raise ValueError(f"connection {conn.conn_id!r}: extra 'auth' must be 'bearer' or 'jwt', got {auth!r}")
-        prices = extra.get("prices")
-        if prices is not None and not isinstance(prices, Mapping):
-            raise ValueError(f"connection {conn.conn_id!r}: extra 'prices' must be an object of model -> price")
-        return cls(
-            api_key=APIKey(conn.password),
-            base_url=base_url_of(conn),
-            model=str(extra.get("model") or constants.DEFAULT_MODEL),
-            auth=auth,
-            client_options=options,
-            prices=dict(prices) if prices else None,
-        )
-
-
-def _number(conn_id: str | None, name: str, value: Any, kind: type[int] | type[float]) -> Any:
-    try:
-        number = float(value) if not isinstance(value, bool) else math.nan
-    except (TypeError, ValueError):
-        number = math.nan
-    if not math.isfinite(number) or (kind is int and not number.is_integer()):
-        what = "a whole number" if kind is int else "a finite number"
-        raise ValueError(f"connection {conn_id!r}: extra {name!r} must be {what}, got {value!r}")
-    number = kind(number)
-    if number < 0 or (number == 0 and name != "max_retries"):
-        raise ValueError(f"connection {conn_id!r}: extra {name!r} must be positive, got {value!r}")
-    return number
-
-
-def base_url_of(conn: Connection) -> str:
-    """The API root from the connection host: a full URL, or a bare host (https and /api/paas/v4 assumed
-    unless the schema field gives the path), or the default."""
-    host = (conn.host or "").strip()
-    if not host:
-        return constants.DEFAULT_BASE_URL
-    if "://" in host:
-        return host.rstrip("/")
-    host, _, host_path = host.partition("/")
-    port = f":{conn.port}" if conn.port else ""
-    default_path = f"/{host_path}" if host_path else "/api/paas/v4"
-    path = f"/{conn.schema.strip('/')}" if conn.schema else default_path
-    return f"https://{host}{port}{path}".rstrip("/")
-
+__all__ = ["GLMHook"]
 
 class GLMHook(BaseHook):
     """Talk to GLM through an Airflow ``glm`` connection.
