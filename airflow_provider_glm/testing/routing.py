@@ -286,7 +286,8 @@ class RequestContext:
 
     def take_fault(self) -> Fault | None:
         """Pop the fault that applies to this request, if any, and note it in the record."""
-        fault = self.server.state.take_fault(self.raw_text, prompt_text(self.json))
+        state = self.server.state
+        fault = state.take_fault(self.raw_text, prompt_text(self.json) if state.rules else "")
         if fault is not None:
             self.record.fault = fault.kind
         return fault
