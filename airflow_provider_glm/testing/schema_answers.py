@@ -30,7 +30,8 @@ schema and text always give the same value. Rules, by keyword:
   (``properties`` -> object, ``items`` -> array, bounds -> number, anything else -> string).
 
 ``not``, ``if``/``then``/``else``, ``dependentRequired``, ``propertyNames`` and
-``patternProperties`` are ignored. Stdlib only.
+``patternProperties`` are ignored, and counts above 1,000 items or properties and lengths above
+100,000 characters are capped, so such schemas may get a value that does not validate. Stdlib only.
 """
 
 from __future__ import annotations
@@ -52,6 +53,8 @@ HARD_DEPTH = 24
 DEFAULT_ITEMS = 2
 STRING_CHARS = 60
 UNIQUE_RETRIES = 8
+MAX_COUNT = 1_000
+MAX_LENGTH = 100_000
 SCHEMA_TYPES = frozenset({"object", "array", "string", "integer", "number", "boolean", "null"})
 FENCED_JSON = re.compile(r"```json[ \t]*\r?\n?(.*?)```", re.DOTALL | re.IGNORECASE)
 BOUND_KEYS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf")
@@ -210,7 +213,8 @@ class _Generator:
     def object(self, schema: dict[str, Any], path: str, depth: int, variant: int) -> dict[str, Any]:
         found = schema.get("properties")
         properties: dict[str, Any] = found if isinstance(found, dict) else {}
-        required = [r for r in schema.get("required") or [] if isinstance(r, str)]
+        listed = schema.get("required")
+        required = [r for r in listed if isinstance(r, str)] if isinstance(listed, list) else []
         extra = schema.get("additionalProperties", True)
         deep = depth >= MAX_DEPTH
         out: dict[str, Any] = {}
@@ -221,7 +225,7 @@ class _Generator:
             if name not in out:
                 out[name] = self.value(extra if isinstance(extra, dict) else {}, f"{path}.{name}",
                                        depth + 1, variant)
-        wanted = _int(schema.get("minProperties"), 0)
+        wanted = min(_int(schema.get("minProperties"), 0), MAX_COUNT)
         if not properties and isinstance(extra, dict) and not deep:
             wanted = max(wanted, 1)
         for number in range(1, wanted + len(out) + 2):
@@ -243,7 +247,7 @@ class _Generator:
         items = schema.get("items")
         if isinstance(items, list):
             prefix, items = items, schema.get("additionalItems")
-        least, most = _int(schema.get("minItems"), 0), schema.get("maxItems")
+        least, most = min(_int(schema.get("minItems"), 0), MAX_COUNT), schema.get("maxItems")
         count = least if depth >= MAX_DEPTH else max(least, len(prefix) or DEFAULT_ITEMS)
         if isinstance(most, int):
             count = min(count, most)
@@ -280,7 +284,7 @@ class _Generator:
         return int(value) if integer else float(value)
 
     def string(self, schema: dict[str, Any], path: str, variant: int) -> str:
-        least = _int(schema.get("minLength"), 0)
+        least = min(_int(schema.get("minLength"), 0), MAX_LENGTH)
         most = schema.get("maxLength") if isinstance(schema.get("maxLength"), int) else None
         formatted = self.formatted(str(schema.get("format", "")), path, variant)
         if formatted is not None:

@@ -12,13 +12,13 @@ import contextlib
 import importlib
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_glm.testing._http import MAX_HEAD_BYTES
-from airflow_provider_glm.testing.answers import load_answers
+from airflow_provider_glm.testing.answers import AnswerEntry, load_answers
 from airflow_provider_glm.testing.faults import Fault
 from airflow_provider_glm.testing.records import BilledResponse, RecordedRequest, ServerStats
 from airflow_provider_glm.testing.routing import Handler, Router
@@ -69,6 +69,8 @@ class GLMTestServer:
     :param async_delay: seconds an async chat task stays ``PROCESSING``.
     :param echo_key: append ``(invalid request from key <Authorization header>)`` to the message of
         every JSON error answer, as some gateways do (see also :meth:`Fault.echo_key`).
+    :param answers: scripted answers to load at once: an answers file, or its entries (see
+        :meth:`load_answers`); :meth:`reset` forgets them.
     """
 
     def __init__(
@@ -88,6 +90,7 @@ class GLMTestServer:
         batch_step_seconds: float = 0.05,
         async_delay: float = 0.05,
         echo_key: bool = False,
+        answers: str | Path | Iterable[Mapping[str, Any]] | None = None,
     ) -> None:
         self.api_key = api_key
         self.latency = latency
@@ -118,6 +121,8 @@ class GLMTestServer:
         self._gate = Gate()
         for name in route_modules:
             importlib.import_module(name).register(self)
+        if answers is not None:
+            self.load_answers(answers)
 
     def route(self, method: str, pattern: str, handler: Handler, *, auth: bool = True, root: bool = False,
               tracked: bool = True) -> None:
@@ -202,21 +207,15 @@ class GLMTestServer:
                finish_reason: str | None = None, times: int | None = None) -> Rule:
         """Script the answer to requests whose body or messages' text contains ``match``.
 
-        A rule with :meth:`Fault.answer`; the answer is billed like a generated one and reaches
-        chat completions, async results and batch output lines alike. Parts left out are generated.
-
-        Example::
+        A rule with :meth:`Fault.answer` (which describes the parts); billed like a generated answer,
+        it reaches chat completions, async results and batch output lines alike. Example::
 
             srv.answer("invoice 42", json={"total": 42})
             srv.answer("weather", tool_call={"name": "lookup", "arguments": {"city": "Beijing"}})
 
         :param match: substring of the raw body or of the messages' text ("" matches every request).
-        :param content: exact assistant content.
-        :param json: a JSON value (not None) answered as the content's JSON text; not with ``content``.
-        :param tool_call: ``{"name", "arguments", "id"?}`` or a list of them (content None unless given).
-        :param web_search: the ``web_search`` list to answer.
-        :param content_filter: the ``content_filter`` list, e.g. ``[{"role": "assistant", "level": 1}]``.
-        :param finish_reason: the finish reason; by default ``tool_calls`` with tool calls, else ``stop``.
+        :param content: see :meth:`Fault.answer`, like ``json``, ``tool_call``, ``web_search``,
+            ``content_filter`` and ``finish_reason``.
         :param times: how many requests it answers; None for all.
         :return: the rule (its ``hits`` and ``remaining`` update live).
         """
@@ -224,16 +223,20 @@ class GLMTestServer:
                              content_filter=content_filter, finish_reason=finish_reason)
         return self.add_rule(match, fault, times)
 
-    def load_answers(self, path: str | Path) -> list[Rule]:
-        """Add the answers of a file (the command line's ``--answers``), in file order.
+    def load_answers(self, source: str | Path | Iterable[Mapping[str, Any]]) -> list[Rule]:
+        """Add scripted answers in order, from a file (the command line's ``--answers``) or entries.
 
-        :param path: a JSON array of entries, one JSON entry, or JSONL; an entry is ``{"match",
-            "times", "content" | "json" | "tool_call" | "web_search" | "content_filter" |
-            "finish_reason"}``.
+        :param source: a path to a JSON array of entries, one JSON entry, or JSONL; or the entries.
+            An entry is ``{"match", "times", "content" | "json" | "tool_call" | "web_search" |
+            "content_filter" | "finish_reason"}``.
         :raises ValueError: a bad file or entry (the message names it).
         """
+        if isinstance(source, str | Path):
+            entries = load_answers(source)
+        else:
+            entries = [AnswerEntry.from_mapping(item, f"answer {n}") for n, item in enumerate(source)]
         return [self.add_rule(entry.match, Fault("answer", scripted=entry.answer), entry.times)
-                for entry in load_answers(path)]
+                for entry in entries]
 
     def hold(self) -> None:
         """Make admitted chat completion requests wait (after admission, before their fault and

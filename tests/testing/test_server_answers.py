@@ -7,6 +7,7 @@ import json
 import math
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any, Literal
 
 import httpx
@@ -282,3 +283,15 @@ def test_scripted_answers_reach_async_results_and_batch_lines(glm_server: GLMTes
     Party.model_validate_json(bodies["c3"]["choices"][0]["message"]["content"])
     sources = sorted(b.source for b in glm_server.billed)
     assert sources == ["async"] * 3 + ["batch"] * 3
+
+
+def test_answers_given_to_the_constructor(tmp_path: Path, http: httpx.Client) -> None:
+    path = tmp_path / "answers.json"
+    path.write_text(json.dumps([{"match": "from file", "content": "file answer"}]), encoding="utf-8")
+    entries = [{"match": "from list", "json": [1, 2], "times": 1}]
+    for source, asked, expected in ((path, "from file", "file answer"), (entries, "from list", "[1, 2]")):
+        with GLMTestServer(answers=source) as srv:
+            body = {"model": "m", "messages": [{"role": "user", "content": asked}]}
+            assert post(http, srv, body)["choices"][0]["message"]["content"] == expected
+    with pytest.raises(ValueError, match="answer 0: unknown key"):
+        GLMTestServer(answers=[{"match": "x", "contents": "typo"}])
