@@ -18,7 +18,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from airflow_provider_glm.testing.batches import BatchOutcome
+    from airflow_provider_glm.testing.batch_model import BatchOutcome
     from airflow_provider_glm.testing.faults import Fault
     from airflow_provider_glm.testing.records import BilledResponse, RecordedRequest, ServerStats
     from airflow_provider_glm.testing.routing import RequestContext
@@ -37,7 +37,7 @@ __all__ = [
 ]
 
 _LOCATIONS = {
-    "BatchOutcome": "batches",
+    "BatchOutcome": "batch_model",
     "BilledResponse": "records",
     "Fault": "faults",
     "GLMTestServer": "server",

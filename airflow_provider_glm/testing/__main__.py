@@ -1,7 +1,8 @@
 """Run the GLM test server from the command line.
 
 ``python -m airflow_provider_glm.testing --port 0`` prints the base URL on one line, then serves
-until SIGINT or SIGTERM.
+until SIGINT or SIGTERM. ``GET /_stats`` on the same host and port answers the counters (see
+:mod:`.control`); docs/test-server.md lists every flag.
 """
 
 from __future__ import annotations
@@ -37,6 +38,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="seconds per batch status step")
     parser.add_argument("--async-delay", type=float, default=0.05,
                         help="seconds an async task stays PROCESSING")
+    parser.add_argument("--answers", metavar="FILE", action="append", default=[],
+                        help="scripted answers: a JSON array or JSONL file of {match, times, content | json | "
+                             "tool_call | web_search | content_filter | finish_reason} (repeatable)")
+    parser.add_argument("--echo-key", action="store_true",
+                        help="echo the Authorization header in every error message, as some gateways do")
     return parser.parse_args(argv)
 
 
@@ -59,7 +65,14 @@ def main(argv: list[str] | None = None) -> int:
                            rate_limit_fraction=args.rate_limit_fraction, seed=args.seed,
                            timestamps_in_seconds=args.timestamps_in_seconds,
                            uppercase_models=args.uppercase_models,
-                           batch_step_seconds=args.batch_step_seconds, async_delay=args.async_delay)
+                           batch_step_seconds=args.batch_step_seconds, async_delay=args.async_delay,
+                           echo_key=args.echo_key)
+    for path in args.answers:
+        try:
+            server.load_answers(path)
+        except (OSError, ValueError) as exc:
+            sys.stderr.write(f"--answers: {exc}\n")
+            return 2
     server.start()
     try:
         sys.stdout.write(server.base_url + "\n")

@@ -3,9 +3,13 @@
 * Submit: the chat body (``stream`` is ignored) is checked like a chat request (400/1214 when invalid;
   admission applies: 429/1302 over the concurrency limit or by random rate limiting). A scripted fault
   (``srv.script``) applies to the submit answer when it does not generate (``error``, ``hang``,
-  ``malformed_json``, ``html_200``, ``redirect``, ``stream_error``) or delays it (``delay``); a generating
-  scripted fault (``content``, ``finish``, ``missing``, ``huge``...) shapes the later result. Answer:
-  ``{id, request_id, model, task_status: "PROCESSING"}`` (``request_id`` from the body, or generated).
+  ``malformed_json``, ``html_200``, ``echo_key``, ``redirect``, ``stream_error``: no task is created)
+  or delays it (``delay``). ``drop_after_billing``, ``reset_mid_body``, ``trickle`` and the billed
+  ``html_200`` / ``malformed_json`` create the task (which finishes and bills as usual) and then
+  lose, cut, trickle or garble the submit answer: the client cannot know the task id. Other
+  generating scripted faults (``answer``, ``content``, ``finish``, ``missing``, ``huge``...) shape the
+  later result. Answer: ``{id, request_id, model, task_status: "PROCESSING"}`` (``request_id`` from
+  the body, or generated).
 * Poll: ``{id, request_id, model, task_status: "PROCESSING"}`` until ``server.async_delay`` seconds (as
   set at submit time) have passed, then ``task_status: "SUCCESS"`` with the completion fields
   (``created``, ``choices``, ``usage``; ``id`` is the task id). The completion is generated and billed
@@ -22,16 +26,23 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
 import uuid
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_glm.testing.completions import answer_without_completion, generate_completion
-from airflow_provider_glm.testing.faults import default_message
+from airflow_provider_glm.testing.completions import (
+    JSON_TYPE,
+    answer_without_completion,
+    deliver,
+    garble,
+    generate_completion,
+)
+from airflow_provider_glm.testing.faults import GARBLING_FAULTS, default_message
 from airflow_provider_glm.testing.files import send_not_found
-from airflow_provider_glm.testing.generation import validate_chat_body
+from airflow_provider_glm.testing.generation import prompt_text, validate_chat_body
 
 if TYPE_CHECKING:
     from airflow_provider_glm.testing.faults import Fault
@@ -39,6 +50,7 @@ if TYPE_CHECKING:
     from airflow_provider_glm.testing.server import GLMTestServer
 
 FAILING_KINDS = frozenset({"error", "stream_error"})
+SUBMIT_DELIVERY_KINDS = frozenset({"drop_after_billing", "reset_mid_body", "trickle", *GARBLING_FAULTS})
 
 
 @dataclass
@@ -162,6 +174,10 @@ async def submit(ctx: RequestContext) -> None:
         return
     state = ctx.server.state
     fault = state.take_scripted()
+    delivery = None
+    if fault is not None and fault.kind in SUBMIT_DELIVERY_KINDS and fault.generates:
+        ctx.record.fault = fault.kind
+        delivery, fault = fault, None
     if fault is not None:
         ctx.record.fault = fault.kind
         if fault.kind == "hang":
@@ -182,7 +198,7 @@ async def submit(ctx: RequestContext) -> None:
         await ctx.send_error(400, "1214", problem)
         return
     if fault is None:
-        fault = state.take_rule(ctx.raw_text)
+        fault = state.take_rule(ctx.raw_text, prompt_text(body))
         if fault is not None:
             ctx.record.fault = fault.kind
     request_id = body.get("request_id")
@@ -194,7 +210,15 @@ async def submit(ctx: RequestContext) -> None:
     store: AsyncStore = ctx.server.extensions["async_chat"]
     store.add(task)
     asyncio.get_running_loop().call_later(task.delay, store.tick, task.id)
-    await ctx.send_json(200, task.head(ctx.server))
+    payload = json.dumps(task.head(ctx.server), ensure_ascii=False).encode()
+    if delivery is None:
+        await ctx.send(200, payload, JSON_TYPE)
+    elif delivery.kind == "drop_after_billing":
+        ctx.close_connection = True
+    elif delivery.kind in GARBLING_FAULTS:
+        await garble(ctx, delivery, payload)
+    else:
+        await deliver(ctx, 200, JSON_TYPE, payload, delivery)
 
 
 async def result(ctx: RequestContext) -> None:

@@ -8,7 +8,12 @@ it to a body pattern with ``GLMTestServer.add_rule``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from airflow_provider_glm.testing.answers import ScriptedAnswer
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
 
 ERROR_MESSAGES: dict[str, str] = {
     "500": "Internal server error",
@@ -31,7 +36,9 @@ ERROR_MESSAGES: dict[str, str] = {
 }
 
 STREAM_FAULTS = frozenset({"truncated_stream", "stream_error"})
-NON_GENERATING_FAULTS = frozenset({"error", "hang", "malformed_json", "html_200", "redirect", "stream_error"})
+NON_GENERATING_FAULTS = frozenset({"error", "hang", "malformed_json", "html_200", "redirect", "stream_error",
+                                   "echo_key"})
+GARBLING_FAULTS = frozenset({"malformed_json", "html_200"})
 
 
 def default_message(code: str | int) -> str:
@@ -80,11 +87,14 @@ class Fault:
     nbytes: int = 0
     reason: str | None = None
     text: str | None = None
+    billed: bool = False
+    html: bool = False
+    scripted: ScriptedAnswer | None = None
 
     @property
     def generates(self) -> bool:
         """Whether the request still gets (and is billed for) a generated completion."""
-        return self.kind not in NON_GENERATING_FAULTS
+        return self.kind not in NON_GENERATING_FAULTS or (self.billed and self.kind in GARBLING_FAULTS)
 
     @classmethod
     def error(
@@ -142,14 +152,58 @@ class Fault:
         return cls("reset_mid_body")
 
     @classmethod
-    def malformed_json(cls) -> Fault:
-        """Answer 200 ``application/json`` with a cut-off JSON body; not billed."""
-        return cls("malformed_json")
+    def malformed_json(cls, billed: bool = False) -> Fault:
+        """Answer 200 ``application/json`` with a cut-off JSON body; not billed by default.
+
+        :param billed: generate and bill the completion first, then send the first half of its JSON
+            body (a gateway that garbles an answer the model produced). An async submit creates
+            its task (billed when it finishes) before the garbled answer.
+        """
+        return cls("malformed_json", billed=billed)
 
     @classmethod
-    def html_200(cls) -> Fault:
-        """Answer 200 ``text/html`` with an HTML page (a proxy or captive portal); not billed."""
-        return cls("html_200")
+    def html_200(cls, billed: bool = False) -> Fault:
+        """Answer 200 ``text/html`` with an HTML page (a proxy or captive portal); not billed by default.
+
+        :param billed: generate and bill the completion first, then send the HTML page instead.
+            An async submit creates its task (billed when it finishes) before the page.
+        """
+        return cls("html_200", billed=billed)
+
+    @classmethod
+    def echo_key(cls, status: int = 401, code: str | int = "1000", html: bool = False) -> Fault:
+        """Answer an error whose message echoes the request's whole ``Authorization`` header; not billed.
+
+        The message reads ``invalid request from key <header value>`` (e.g. ``Bearer sk-...``), as
+        some gateways write it.
+
+        :param status: HTTP status.
+        :param code: GLM business code of the JSON error body.
+        :param html: send a ``text/html`` page carrying the message instead of a JSON body.
+        """
+        return cls("echo_key", status=status, code=code, html=html)
+
+    @classmethod
+    def answer(cls, *, content: str | None = None, json: Any = None,
+               tool_call: Mapping[str, Any] | list[Mapping[str, Any]] | None = None,
+               web_search: list[Mapping[str, Any]] | None = None,
+               content_filter: list[Mapping[str, Any]] | None = None,
+               finish_reason: str | None = None) -> Fault:
+        """Answer normally (billed) with scripted parts; parts left out are generated as usual.
+
+        :param content: exact assistant content.
+        :param json: a JSON value (not None) answered as the content's JSON text; not with ``content``.
+        :param tool_call: ``{"name", "arguments", "id"?}`` or a list of them; ``arguments`` is an
+            object (sent as its JSON text) or a string (sent as is). Content stays None unless given.
+        :param web_search: the ``web_search`` list to answer.
+        :param content_filter: the ``content_filter`` list, e.g. ``[{"role": "assistant", "level": 1}]``.
+        :param finish_reason: the finish reason; by default ``tool_calls`` with tool calls, else ``stop``.
+        :raises ValueError: nothing given, or both ``content`` and ``json``.
+        :raises TypeError: a part of the wrong type.
+        """
+        return cls("answer", scripted=ScriptedAnswer.build(
+            content=content, json_value=json, tool_call=tool_call, web_search=web_search,
+            content_filter=content_filter, finish_reason=finish_reason))
 
     @classmethod
     def missing(cls, field: str) -> Fault:

@@ -1,17 +1,31 @@
 """Deterministic chat completions: content, tool calls, usage, and their SSE form.
 
 Pure functions of the request body (plus the set of system prompts seen before, for cached
-tokens), so the chat endpoint, and later the batch and async endpoints, answer identically.
+tokens), so the chat, batch and async endpoints answer identically.
 
-Rules:
+Rules, in order (the first that applies gives the answer):
 
-* ``tokens(s) = max(1, ceil(len(s) / 4))``.
-* The text of a message is its string content, or its ``text`` parts joined with ``"\\n"``.
-* Content is ``"Summary: " + text[:200]`` of the last user message; with
-  ``response_format={"type": "json_object"}`` it is ``{"summary": text[:200], "chars": len(text)}``.
+* ``tokens(s) = max(1, ceil(len(s) / 4))``. The text of a message is its string content, or its
+  ``text`` parts joined with ``"\\n"``; "the text" below is the last ``user`` message's text.
+* A scripted answer (``GLMTestServer.answer``, ``Fault.answer``) gives its content and tool calls;
+  a scripted ``content`` fault gives its content.
+* Tool call: the request has ``function`` tools, the last message is not a ``tool`` result, and
+  either a message's text names one of the tools in backticks (e.g. ```` `extract_fields` ````; the
+  first such tool in ``tools`` order) or the text contains ``"call tool"`` (any case; the first
+  function tool). Its ``arguments`` are a JSON string conforming to the tool's ``parameters``
+  (see :mod:`.schema_answers`); when that would be an empty object that allows other keys (no
+  ``parameters``, or no properties) they are ``{"query": text[:40]}``. Content None,
+  finish_reason ``tool_calls``.
+* ``response_format={"type": "json_schema", "json_schema": {"schema": S}}``, or ``json_object``
+  with a fenced ````` ```json ````` block in any message that parses to a schema S (first in message
+  order): the content is a JSON value conforming to S. ``json_object`` without such a block:
+  ``{"summary": text[:200], "chars": len(text)}``.
+* Otherwise ``"Summary: " + text[:200]``.
 * ``thinking.type == "enabled"`` adds ``reasoning_content = "Thinking about: " + text[:80]``.
-* A function tool plus ``"call tool"`` in the user text gives one tool call with arguments
-  ``{"query": text[:40]}`` (a JSON string), content None, finish_reason ``tool_calls``.
+* A ``web_search`` tool with ``search_result: true`` adds a ``web_search`` list (see
+  :func:`.answers.web_search_results`) unless one is scripted; a scripted ``content_filter`` list
+  is added as is. Both are top-level fields; in a stream, ``web_search`` rides on the first chunk
+  and ``content_filter`` on the last.
 * ``prompt_tokens = sum(tokens(text of each message)) + 3``; ``completion_tokens = tokens(content or
   arguments) + tokens(reasoning)``; a smaller ``max_tokens`` cuts content to ``max_tokens * 4``
   characters, sets ``completion_tokens = max_tokens`` and finish_reason ``length`` (not for tool calls).
@@ -24,10 +38,24 @@ import json
 import math
 import time
 import uuid
-from dataclasses import dataclass, replace
-from typing import Any
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
 
-PIECE_CHARS = 8
+from airflow_provider_glm.testing.answers import web_search_results
+from airflow_provider_glm.testing.completion_body import DONE_EVENT, KEEP_ALIVE_EVENT, Completion, sse_event
+from airflow_provider_glm.testing.schema_answers import (
+    schema_in_response_format,
+    schema_in_texts,
+    value_for_schema,
+)
+
+if TYPE_CHECKING:
+    from airflow_provider_glm.testing.answers import ScriptedAnswer
+
+__all__ = ["DONE_EVENT", "KEEP_ALIVE_EVENT", "Completion", "generate", "pad_to_size", "sse_event",
+           "tokens", "validate_chat_body"]
+
+QUERY_CHARS = 40
 
 
 def tokens(text: str) -> int:
@@ -69,6 +97,17 @@ def last_user_text(messages: list[Any]) -> str:
     return ""
 
 
+def prompt_text(body: Any) -> str:
+    """Return the texts of a chat body's messages joined with newlines ("" for anything else).
+
+    :param body: a parsed request body, valid or not.
+    """
+    messages = body.get("messages") if isinstance(body, dict) else None
+    if not isinstance(messages, list):
+        return ""
+    return "\n".join(message_text(m) for m in messages)
+
+
 def validate_chat_body(body: Any) -> str | None:
     """Check the fields the server needs.
 
@@ -93,150 +132,67 @@ def validate_chat_body(body: Any) -> str | None:
     return None
 
 
-def _first_function_name(tools: Any) -> str | None:
-    if not isinstance(tools, list):
-        return None
-    for tool in tools:
+def _function_tools(tools: Any) -> list[tuple[str, Any]]:
+    found: list[tuple[str, Any]] = []
+    for tool in tools if isinstance(tools, list) else []:
         if isinstance(tool, dict) and tool.get("type", "function") == "function":
             function = tool.get("function")
             name = function.get("name") if isinstance(function, dict) else None
-            if isinstance(name, str):
-                return name
-    return None
+            if isinstance(function, dict) and isinstance(name, str):
+                found.append((name, function.get("parameters")))
+    return found
 
 
-def _pieces(text: str, size: int) -> list[str]:
-    return [text[i:i + size] for i in range(0, len(text), size)]
+def tool_to_call(body: dict[str, Any], text: str) -> tuple[str, Any] | None:
+    """Pick the function tool the answer calls, by the rules in the module docstring.
 
-
-def sse_event(payload: Any) -> bytes:
-    """Frame one SSE ``data:`` event.
-
-    :param payload: a JSON-ready object, or a raw string such as ``"[DONE]"``.
+    :param body: a validated chat body.
+    :param text: the last user message's text.
+    :return: the tool's name and ``parameters`` (None when absent), or None for no call.
     """
-    data = payload if isinstance(payload, str) else json.dumps(payload, ensure_ascii=False)
-    return f"data: {data}\n\n".encode()
+    functions = _function_tools(body.get("tools"))
+    messages = body["messages"]
+    if not functions or (messages and messages[-1].get("role") == "tool"):
+        return None
+    everything = prompt_text(body)
+    for name, parameters in functions:
+        if f"`{name}`" in everything:
+            return name, parameters
+    return functions[0] if "call tool" in text.lower() else None
 
 
-KEEP_ALIVE_EVENT = b": keep-alive\n\n"
-DONE_EVENT = sse_event("[DONE]")
+def tool_arguments(parameters: Any, text: str) -> str:
+    """The JSON text of a tool call's arguments: conforming to ``parameters`` when that asks for
+    anything, else ``{"query": text[:40]}``.
 
-
-@dataclass(frozen=True)
-class Completion:
-    """One generated chat completion.
-
-    :param response_id: completion ``id``.
-    :param request_id: completion ``request_id``.
-    :param created: unix seconds.
-    :param model: model from the request.
-    :param content: assistant content (None for a tool call).
-    :param reasoning: reasoning content, or None.
-    :param tool_calls: tool calls, or None.
-    :param finish_reason: finish reason.
-    :param prompt_tokens: prompt tokens.
-    :param completion_tokens: completion tokens.
-    :param cached_tokens: cached prompt tokens.
-    :param reasoning_tokens: reasoning tokens.
+    :param parameters: the function's ``parameters`` schema, or None.
+    :param text: the last user message's text.
     """
+    if isinstance(parameters, dict | bool):
+        value = value_for_schema(parameters, text)
+        closed = isinstance(parameters, dict) and parameters.get("additionalProperties") is False
+        if value != {} or closed:
+            return json.dumps(value, ensure_ascii=False)
+    return json.dumps({"query": text[:QUERY_CHARS]}, ensure_ascii=False)
 
-    response_id: str
-    request_id: str
-    created: int
-    model: str
-    content: str | None
-    reasoning: str | None
-    tool_calls: list[dict[str, Any]] | None
-    finish_reason: str
-    prompt_tokens: int
-    completion_tokens: int
-    cached_tokens: int
-    reasoning_tokens: int
 
-    @property
-    def total_tokens(self) -> int:
-        """Prompt plus completion tokens."""
-        return self.prompt_tokens + self.completion_tokens
+def json_answer(body: dict[str, Any], text: str) -> str | None:
+    """The JSON-mode content: conforming to the request's schema, or the fixed summary object.
 
-    def usage(self) -> dict[str, Any]:
-        """Return the ``usage`` object."""
-        return {
-            "prompt_tokens": self.prompt_tokens,
-            "completion_tokens": self.completion_tokens,
-            "total_tokens": self.total_tokens,
-            "prompt_tokens_details": {"cached_tokens": self.cached_tokens},
-            "completion_tokens_details": {"reasoning_tokens": self.reasoning_tokens},
-        }
-
-    def message(self) -> dict[str, Any]:
-        """Return the assistant ``message`` object."""
-        message: dict[str, Any] = {"role": "assistant", "content": self.content}
-        if self.reasoning is not None:
-            message["reasoning_content"] = self.reasoning
-        if self.tool_calls is not None:
-            message["tool_calls"] = self.tool_calls
-        return message
-
-    def to_dict(self, omit: str | None = None) -> dict[str, Any]:
-        """Return the non-streaming response body.
-
-        :param omit: a top-level key to leave out (``"usage"``, ``"choices"``...).
-        """
-        body: dict[str, Any] = {
-            "id": self.response_id,
-            "request_id": self.request_id,
-            "created": self.created,
-            "model": self.model,
-            "choices": [{"index": 0, "message": self.message(), "finish_reason": self.finish_reason}],
-            "usage": self.usage(),
-        }
-        body.pop(omit or "", None)
-        return body
-
-    def _chunk(self, delta: dict[str, Any], **extra: Any) -> dict[str, Any]:
-        choice: dict[str, Any] = {"index": 0, "delta": delta}
-        if "finish_reason" in extra:
-            choice["finish_reason"] = extra.pop("finish_reason")
-        return {"id": self.response_id, "created": self.created, "model": self.model,
-                "choices": [choice], **extra}
-
-    def delta_events(self) -> list[bytes]:
-        """Return the events before the final chunk: role, reasoning, content, tool calls, a keep-alive."""
-        events = [sse_event(self._chunk({"role": "assistant"}))]
-        for piece in _pieces(self.reasoning or "", PIECE_CHARS):
-            events.append(sse_event(self._chunk({"reasoning_content": piece})))
-        for piece in _pieces(self.content or "", PIECE_CHARS):
-            events.append(sse_event(self._chunk({"content": piece})))
-        for call in self.tool_calls or []:
-            arguments = call["function"]["arguments"]
-            fragments = _pieces(arguments, max(1, math.ceil(len(arguments) / 3))) or [""]
-            for number, fragment in enumerate(fragments):
-                delta_call: dict[str, Any] = {"index": call["index"]}
-                if number == 0:
-                    delta_call.update(id=call["id"], type=call["type"],
-                                      function={"name": call["function"]["name"], "arguments": fragment})
-                else:
-                    delta_call["function"] = {"arguments": fragment}
-                events.append(sse_event(self._chunk({"tool_calls": [delta_call]})))
-        events.insert(max(1, len(events) // 2), KEEP_ALIVE_EVENT)
-        return events
-
-    def final_event(self, omit: str | None = None) -> bytes:
-        """Return the last chunk, carrying ``finish_reason`` and ``usage``.
-
-        :param omit: ``"usage"`` to leave usage out.
-        """
-        extra: dict[str, Any] = {"finish_reason": self.finish_reason}
-        if omit != "usage":
-            extra["usage"] = self.usage()
-        return sse_event(self._chunk({}, **extra))
-
-    def sse_events(self, omit: str | None = None) -> list[bytes]:
-        """Return the whole stream: deltas, the final chunk and ``data: [DONE]``.
-
-        :param omit: ``"usage"`` to leave usage out of the final chunk.
-        """
-        return [*self.delta_events(), self.final_event(omit), DONE_EVENT]
+    :param body: a validated chat body.
+    :param text: the last user message's text.
+    :return: the content, or None when the request is not in JSON mode.
+    """
+    response_format = body.get("response_format")
+    kind = response_format.get("type") if isinstance(response_format, dict) else None
+    if kind not in ("json_object", "json_schema"):
+        return None
+    schema = schema_in_response_format(response_format)
+    if schema is None:
+        schema = schema_in_texts(message_text(m) for m in body["messages"])
+    if schema is not None:
+        return json.dumps(value_for_schema(schema, text), ensure_ascii=False)
+    return json.dumps({"summary": text[:200], "chars": len(text)}, ensure_ascii=False)
 
 
 def generate(
@@ -247,6 +203,7 @@ def generate(
     content: str | None = None,
     finish_reason: str | None = None,
     respect_max_tokens: bool = True,
+    scripted: ScriptedAnswer | None = None,
 ) -> Completion:
     """Generate the completion for a validated chat body.
 
@@ -256,6 +213,7 @@ def generate(
     :param content: exact content to answer instead of the derived one.
     :param finish_reason: finish reason to force.
     :param respect_max_tokens: apply the ``max_tokens`` cut.
+    :param scripted: a scripted answer; its parts replace the generated ones.
     """
     messages: list[Any] = body["messages"]
     text = last_user_text(messages)
@@ -263,25 +221,28 @@ def generate(
     reasoning = None
     if isinstance(thinking, dict) and thinking.get("type") == "enabled":
         reasoning = f"Thinking about: {text[:80]}"
-    response_format = body.get("response_format")
-    tool_name = _first_function_name(body.get("tools"))
-    tool_calls = None
+    tool_calls: list[dict[str, Any]] | None = None
     answer: str | None
-    if content is None and tool_name is not None and "call tool" in text.lower():
-        arguments = json.dumps({"query": text[:40]}, ensure_ascii=False)
+    if scripted is not None and (scripted.tool_calls or scripted.content is not None):
+        tool_calls = scripted.tool_call_objects(call_id)
+        answer = scripted.content
+    elif content is not None:
+        answer = content
+    elif (chosen := tool_to_call(body, text)) is not None:
+        arguments = tool_arguments(chosen[1], text)
         tool_calls = [{"id": call_id, "type": "function", "index": 0,
-                       "function": {"name": tool_name, "arguments": arguments}}]
+                       "function": {"name": chosen[0], "arguments": arguments}}]
         answer = None
-        completion_tokens = tokens(arguments)
+    else:
+        answer = json_answer(body, text)
+        if answer is None:
+            answer = f"Summary: {text[:200]}"
+    if tool_calls is not None:
+        completion_tokens = sum(tokens(c["function"]["arguments"]) for c in tool_calls)
+        completion_tokens += tokens(answer) if answer else 0
         reason = "tool_calls"
     else:
-        if content is not None:
-            answer = content
-        elif isinstance(response_format, dict) and response_format.get("type") == "json_object":
-            answer = json.dumps({"summary": text[:200], "chars": len(text)}, ensure_ascii=False)
-        else:
-            answer = f"Summary: {text[:200]}"
-        completion_tokens = tokens(answer)
+        completion_tokens = tokens(answer or "")
         reason = "stop"
     reasoning_tokens = tokens(reasoning) if reasoning is not None else 0
     completion_tokens += reasoning_tokens
@@ -296,6 +257,7 @@ def generate(
     cached = sum(tokens(s) for s in system_texts if s in seen_system_texts)
     seen_system_texts.update(system_texts)
     request_id = body.get("request_id")
+    web_search = scripted.web_search if scripted is not None else None
     return Completion(
         response_id=uuid.uuid4().hex,
         request_id=request_id if isinstance(request_id, str) and request_id else uuid.uuid4().hex,
@@ -304,11 +266,13 @@ def generate(
         content=answer,
         reasoning=reasoning,
         tool_calls=tool_calls,
-        finish_reason=finish_reason or reason,
+        finish_reason=finish_reason or (scripted.finish_reason if scripted is not None else None) or reason,
         prompt_tokens=prompt_tokens,
         completion_tokens=completion_tokens,
         cached_tokens=cached,
         reasoning_tokens=reasoning_tokens,
+        web_search=web_search if web_search is not None else web_search_results(body.get("tools"), text),
+        content_filter=scripted.content_filter if scripted is not None else None,
     )
 
 

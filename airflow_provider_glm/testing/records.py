@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 
@@ -77,8 +77,11 @@ class ServerStats:
     :param billed_prompt_tokens: sum of billed prompt tokens.
     :param billed_completion_tokens: sum of billed completion tokens.
     :param billed_total_tokens: sum of billed total tokens.
-    :param peak_in_flight: the most requests in flight at once.
+    :param peak_in_flight: the most requests in flight at once (any API path, any outcome).
     :param in_flight: requests read whose answer has not finished.
+    :param peak_chat_in_flight: the most requests holding a concurrency slot at once: admitted chat
+        completions and async submits, the requests ``concurrency_limit`` counts.
+    :param chat_in_flight: requests holding a concurrency slot now.
     :param status_counts: HTTP status sent -> count (requests that got no status are not counted).
     :param files_uploaded: files accepted by ``POST /files``.
     :param batches_created: batches accepted by ``POST /batches``.
@@ -98,3 +101,11 @@ class ServerStats:
     batches_created: int = 0
     cancels: int = 0
     async_submitted: int = 0
+    peak_chat_in_flight: int = 0
+    chat_in_flight: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        """The snapshot as JSON-ready data (``status_counts`` keys become strings)."""
+        data = asdict(self)
+        data["status_counts"] = {str(k): v for k, v in sorted(self.status_counts.items())}
+        return data

@@ -2,7 +2,9 @@
 
 An endpoint module exposes ``register(server)`` and calls ``server.route(method, pattern, handler)``
 with a pattern relative to the API base (``"chat/completions"``, ``"files/{file_id}/content"``).
-Handlers are ``async def handler(ctx: RequestContext) -> None`` and answer through ``ctx``.
+Handlers are ``async def handler(ctx: RequestContext) -> None`` and answer through ``ctx``. A
+``root=True`` route's pattern is a whole path (``"/_stats"``) outside the API prefixes; an untracked
+route (``tracked=False``) is left out of the records and counters.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_glm.testing._http import HTTPRequest, render_head
-from airflow_provider_glm.testing.faults import error_body
+from airflow_provider_glm.testing.faults import default_message, error_body
+from airflow_provider_glm.testing.generation import prompt_text
 from airflow_provider_glm.testing.records import RecordedRequest
 
 if TYPE_CHECKING:
@@ -36,12 +39,14 @@ class Route:
     :param pattern: path relative to the API base; ``{name}`` segments capture.
     :param handler: coroutine function answering the request.
     :param auth: whether the Authorization header is checked first.
+    :param tracked: whether requests are recorded and counted in the stats.
     """
 
     method: str
     pattern: str
     handler: Handler
     auth: bool = True
+    tracked: bool = True
 
     def match(self, segments: list[str]) -> dict[str, str] | None:
         """Match path segments against the pattern.
@@ -72,16 +77,21 @@ class Router:
     def __init__(self, prefixes: tuple[str, ...] = API_PREFIXES) -> None:
         self.prefixes = prefixes
         self.routes: list[Route] = []
+        self.root_routes: list[Route] = []
 
-    def add(self, method: str, pattern: str, handler: Handler, *, auth: bool = True) -> None:
+    def add(self, method: str, pattern: str, handler: Handler, *, auth: bool = True, root: bool = False,
+            tracked: bool = True) -> None:
         """Register an endpoint.
 
         :param method: HTTP method.
         :param pattern: path relative to the API base, ``{name}`` segments capture.
         :param handler: coroutine function answering the request.
         :param auth: check the Authorization header before calling the handler.
+        :param root: ``pattern`` is a whole path, served outside the API prefixes.
+        :param tracked: record and count its requests.
         """
-        self.routes.append(Route(method.upper(), pattern, handler, auth))
+        route = Route(method.upper(), pattern, handler, auth, tracked)
+        (self.root_routes if root else self.routes).append(route)
 
     def match(self, method: str, path: str) -> tuple[Route, dict[str, str]] | None:
         """Find the route for a request.
@@ -90,6 +100,12 @@ class Router:
         :param path: request path without query string.
         :return: the route and its captured parameters, or None.
         """
+        whole = path.strip("/").split("/")
+        for route in self.root_routes:
+            if route.method == method:
+                params = route.match(whole)
+                if params is not None:
+                    return route, params
         for prefix in self.prefixes:
             if path.startswith(prefix + "/"):
                 segments = path[len(prefix) + 1:].strip("/").split("/")
@@ -108,11 +124,13 @@ class RequestContext:
     :param request: the parsed request.
     :param record: the request's record.
     :param writer: the connection's writer.
+    :param tracked: whether the request counts in the server's records and stats.
     """
 
     def __init__(self, server: GLMTestServer, request: HTTPRequest, record: RecordedRequest,
-                 writer: asyncio.StreamWriter) -> None:
+                 writer: asyncio.StreamWriter, tracked: bool = True) -> None:
         self.server = server
+        self.tracked = tracked
         self.request = request
         self.record = record
         self.writer = writer
@@ -164,7 +182,8 @@ class RequestContext:
         """
         self.writer.write(render_head(status, headers))
         self.head_sent = True
-        self.server.state.set_status(self.record, status)
+        if self.tracked:
+            self.server.state.set_status(self.record, status)
 
     async def write(self, data: bytes) -> None:
         """Write bytes and wait for the socket buffer to drain.
@@ -199,7 +218,8 @@ class RequestContext:
 
     async def send_error(self, status: int, code: str | int, message: str | None = None, *,
                          top_level: bool = False, retry_after: float | None = None) -> None:
-        """Send a GLM error body.
+        """Send a GLM error body; with the server's ``echo_key`` the message ends with
+        ``(invalid request from key <Authorization header>)``.
 
         :param status: HTTP status.
         :param code: business code.
@@ -210,6 +230,10 @@ class RequestContext:
         extra = None
         if retry_after is not None:
             extra = {"Retry-After": f"{retry_after:g}"}
+        authorization = self.request.headers.get("authorization")
+        if self.server.echo_key and authorization:
+            text = message if message is not None else default_message(code)
+            message = f"{text} (invalid request from key {authorization})"
         await self.send_json(status, error_body(code, message, top_level=top_level), extra)
 
     async def trickle(self, body: bytes, interval: float, chunk: int) -> None:
@@ -262,7 +286,8 @@ class RequestContext:
 
     def take_fault(self) -> Fault | None:
         """Pop the fault that applies to this request, if any, and note it in the record."""
-        fault = self.server.state.take_fault(self.raw_text)
+        state = self.server.state
+        fault = state.take_fault(self.raw_text, prompt_text(self.json) if state.rules else "")
         if fault is not None:
             self.record.fault = fault.kind
         return fault

@@ -10,37 +10,30 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
-import json
-import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_glm.testing._http import (
-    MAX_HEAD_BYTES,
-    HTTPProtocolError,
-    HTTPRequest,
-    read_request,
-    render_head,
-)
-from airflow_provider_glm.testing.auth import check_authorization
+from airflow_provider_glm.testing._http import MAX_HEAD_BYTES
+from airflow_provider_glm.testing.answers import AnswerEntry, load_answers
 from airflow_provider_glm.testing.faults import Fault
 from airflow_provider_glm.testing.records import BilledResponse, RecordedRequest, ServerStats
-from airflow_provider_glm.testing.routing import Handler, RequestContext, Router
+from airflow_provider_glm.testing.routing import Handler, Router
+from airflow_provider_glm.testing.serving import Gate, serve_connection
 from airflow_provider_glm.testing.state import Rule, ServerState
 
 if TYPE_CHECKING:
-    from airflow_provider_glm.testing.batches import BatchOutcome
-
-log = logging.getLogger(__name__)
+    from airflow_provider_glm.testing.batch_model import BatchOutcome
 
 ROUTE_MODULES: tuple[str, ...] = (
     "airflow_provider_glm.testing.completions",
     "airflow_provider_glm.testing.files",
     "airflow_provider_glm.testing.batches",
     "airflow_provider_glm.testing.async_chat",
+    "airflow_provider_glm.testing.control",
 )
 MAX_FILE_BYTES = 100 * 1024 * 1024
 MAX_FILE_LINES = 50_000
@@ -52,11 +45,12 @@ class GLMTestServer:
     Use as a context manager, or call :meth:`start` and :meth:`stop`. Settings (``latency``,
     ``latency_jitter``, ``concurrency_limit``, ``rate_limit_fraction``, ``seed``,
     ``timestamps_in_seconds``, ``uppercase_models``, ``batch_step_seconds``, ``async_delay``,
-    ``max_file_bytes``, ``max_file_lines``) may change at any time; a batch keeps the
+    ``echo_key``, ``max_file_bytes``, ``max_file_lines``) may change at any time; a batch keeps the
     ``batch_step_seconds`` it was created with and an async task the ``async_delay`` it was submitted with.
 
-    Besides chat completions it serves files, batches (:mod:`.files`, :mod:`.batches`) and async chat
-    (:mod:`.async_chat`).
+    Besides chat completions it serves files, batches (:mod:`.files`, :mod:`.batches`), async chat
+    (:mod:`.async_chat`) and, outside the API path, ``GET /_stats`` and ``POST /_reset``
+    (:mod:`.control`). docs/test-server.md describes all of it.
 
     :param api_key: the key accepted as ``Bearer <key>``; an ``id.secret`` key also accepts GLM JWTs.
     :param latency: seconds to wait before each chat answer.
@@ -73,6 +67,10 @@ class GLMTestServer:
         (and bill it so), as the real API sometimes does.
     :param batch_step_seconds: length of one batch status step (see :mod:`.batches`).
     :param async_delay: seconds an async chat task stays ``PROCESSING``.
+    :param echo_key: append ``(invalid request from key <Authorization header>)`` to the message of
+        every JSON error answer, as some gateways do (see also :meth:`Fault.echo_key`).
+    :param answers: scripted answers to load at once: an answers file, or its entries (see
+        :meth:`load_answers`); :meth:`reset` forgets them.
     """
 
     def __init__(
@@ -91,6 +89,8 @@ class GLMTestServer:
         uppercase_models: bool = False,
         batch_step_seconds: float = 0.05,
         async_delay: float = 0.05,
+        echo_key: bool = False,
+        answers: str | Path | Iterable[Mapping[str, Any]] | None = None,
     ) -> None:
         self.api_key = api_key
         self.latency = latency
@@ -102,6 +102,7 @@ class GLMTestServer:
         self.uppercase_models = uppercase_models
         self.batch_step_seconds = batch_step_seconds
         self.async_delay = async_delay
+        self.echo_key = echo_key
         self.max_file_bytes = MAX_FILE_BYTES
         self.max_file_lines = MAX_FILE_LINES
         self.state = ServerState(seed)
@@ -117,18 +118,24 @@ class GLMTestServer:
         self._ready = threading.Event()
         self._startup_error: BaseException | None = None
         self._connections: set[asyncio.Task[Any]] = set()
+        self._gate = Gate()
         for name in route_modules:
             importlib.import_module(name).register(self)
+        if answers is not None:
+            self.load_answers(answers)
 
-    def route(self, method: str, pattern: str, handler: Handler, *, auth: bool = True) -> None:
+    def route(self, method: str, pattern: str, handler: Handler, *, auth: bool = True, root: bool = False,
+              tracked: bool = True) -> None:
         """Add an endpoint.
 
         :param method: HTTP method.
         :param pattern: path relative to the API base; ``{name}`` segments capture into ``ctx.params``.
         :param handler: ``async def handler(ctx: RequestContext) -> None``.
         :param auth: check the Authorization header first.
+        :param root: ``pattern`` is a whole path outside the API base (``"/_stats"``).
+        :param tracked: record and count its requests.
         """
-        self.router.add(method, pattern, handler, auth=auth)
+        self.router.add(method, pattern, handler, auth=auth, root=root, tracked=tracked)
 
     def on_reset(self, hook: Callable[[], None]) -> None:
         """Call ``hook`` on every :meth:`reset` (for endpoint modules keeping their own state).
@@ -178,11 +185,12 @@ class GLMTestServer:
             self.state.script.extend(faults)
 
     def add_rule(self, match: str, fault: Fault, times: int | None = None) -> Rule:
-        """Apply ``fault`` to requests whose raw JSON body text contains ``match``.
+        """Apply ``fault`` to requests whose raw JSON body text, or their messages' text, contains ``match``.
 
-        Scripted faults go first; among rules the first added that matches wins.
+        Scripted faults go first; among rules (and answers, :meth:`answer`) the first added that
+        matches wins. Batch lines and async submits are matched too (see their modules).
 
-        :param match: substring of the raw body.
+        :param match: substring of the raw body or of the messages' text ("" matches every request).
         :param fault: fault to apply.
         :param times: how many requests it applies to; None for all.
         :return: the rule (its ``hits`` and ``remaining`` update live).
@@ -191,6 +199,58 @@ class GLMTestServer:
         with self.state.lock:
             self.state.rules.append(rule)
         return rule
+
+    def answer(self, match: str = "", *, content: str | None = None, json: Any = None,
+               tool_call: Mapping[str, Any] | list[Mapping[str, Any]] | None = None,
+               web_search: list[Mapping[str, Any]] | None = None,
+               content_filter: list[Mapping[str, Any]] | None = None,
+               finish_reason: str | None = None, times: int | None = None) -> Rule:
+        """Script the answer to requests whose body or messages' text contains ``match``.
+
+        A rule with :meth:`Fault.answer` (which describes the parts); billed like a generated answer,
+        it reaches chat completions, async results and batch output lines alike. Example::
+
+            srv.answer("invoice 42", json={"total": 42})
+            srv.answer("weather", tool_call={"name": "lookup", "arguments": {"city": "Beijing"}})
+
+        :param match: substring of the raw body or of the messages' text ("" matches every request).
+        :param content: see :meth:`Fault.answer`, like ``json``, ``tool_call``, ``web_search``,
+            ``content_filter`` and ``finish_reason``.
+        :param times: how many requests it answers; None for all.
+        :return: the rule (its ``hits`` and ``remaining`` update live).
+        """
+        fault = Fault.answer(content=content, json=json, tool_call=tool_call, web_search=web_search,
+                             content_filter=content_filter, finish_reason=finish_reason)
+        return self.add_rule(match, fault, times)
+
+    def load_answers(self, source: str | Path | Iterable[Mapping[str, Any]]) -> list[Rule]:
+        """Add scripted answers in order, from a file (the command line's ``--answers``) or entries.
+
+        :param source: a path to a JSON array of entries, one JSON entry, or JSONL; or the entries.
+            An entry is ``{"match", "times", "content" | "json" | "tool_call" | "web_search" |
+            "content_filter" | "finish_reason"}``.
+        :raises ValueError: a bad file or entry (the message names it).
+        """
+        if isinstance(source, str | Path):
+            entries = load_answers(source)
+        else:
+            entries = [AnswerEntry.from_mapping(item, f"answer {n}") for n, item in enumerate(source)]
+        return [self.add_rule(entry.match, Fault("answer", scripted=entry.answer), entry.times)
+                for entry in entries]
+
+    def hold(self) -> None:
+        """Make admitted chat completion requests wait (after admission, before their fault and
+        latency) until :meth:`release`; lets a test reach an exact number of requests in flight.
+        """
+        self._gate.set(False)
+
+    def release(self) -> None:
+        """Let held and later chat completion requests proceed."""
+        self._gate.set(True)
+
+    async def wait_until_released(self) -> None:
+        """Wait while the server is held (see :meth:`hold`); called by the chat endpoint."""
+        await self._gate.wait()
 
     def timestamp(self, when: float | None = None) -> int:
         """Render a wall-clock time as the API does: unix milliseconds, or seconds with
@@ -264,10 +324,15 @@ class GLMTestServer:
         return self.state.billed_list()
 
     def reset(self) -> None:
-        """Clear the fault queue, rules, records and counters (settings stay)."""
+        """Clear the fault queue, rules, answers, records and counters (settings stay)."""
         self.state.reset()
         for hook in self._reset_hooks:
             hook()
+
+    def reset_stats(self) -> None:
+        """Zero the counters and forget records and the billing tally (what ``POST /_reset`` does);
+        faults, rules, answers, files, batches and async tasks stay."""
+        self.state.reset_counters()
 
     def start(self) -> GLMTestServer:
         """Bind and serve in a background thread; return once the port is bound."""
@@ -323,6 +388,7 @@ class GLMTestServer:
 
     async def _main(self) -> None:
         self._stop_event = asyncio.Event()
+        self._gate.bind(asyncio.get_running_loop())
         try:
             server = await asyncio.start_server(self._serve_connection, self.host, self._requested_port,
                                                 limit=MAX_HEAD_BYTES, backlog=1024, reuse_address=True)
@@ -345,59 +411,7 @@ class GLMTestServer:
         if task is not None:
             self._connections.add(task)
         try:
-            while True:
-                try:
-                    request = await read_request(reader, writer)
-                except HTTPProtocolError as exc:
-                    body = json.dumps({"error": {"code": "1200", "message": exc.message}}).encode()
-                    writer.write(render_head(exc.status, [("Content-Type", "application/json"),
-                                                          ("Content-Length", str(len(body))),
-                                                          ("Connection", "close")]) + body)
-                    await writer.drain()
-                    return
-                if request is None:
-                    return
-                ctx = self._open(request, writer)
-                try:
-                    await self._dispatch(ctx)
-                except (ConnectionError, asyncio.IncompleteReadError):
-                    ctx.close_connection = True
-                except Exception:
-                    log.exception("GLMTestServer handler failed for %s %s", request.method, request.path)
-                    if not ctx.head_sent:
-                        await ctx.send_error(500, "500", "Internal error in GLMTestServer")
-                    ctx.close_connection = True
-                finally:
-                    self.state.finish(ctx.record, ctx.admitted)
-                if ctx.close_connection:
-                    return
-        except (ConnectionError, asyncio.IncompleteReadError, asyncio.CancelledError):
-            pass
+            await serve_connection(self, reader, writer)
         finally:
-            writer.close()
             if task is not None:
                 self._connections.discard(task)
-
-    def _open(self, request: HTTPRequest, writer: asyncio.StreamWriter) -> RequestContext:
-        body: Any = None
-        if request.body:
-            with contextlib.suppress(ValueError):
-                body = json.loads(request.body)
-        record = RecordedRequest(method=request.method, path=request.path, headers=dict(request.headers),
-                                 body=body, raw_body=request.body, started_at=time.monotonic())
-        self.state.begin(record)
-        return RequestContext(self, request, record, writer)
-
-    async def _dispatch(self, ctx: RequestContext) -> None:
-        found = self.router.match(ctx.request.method, ctx.request.path)
-        if found is None:
-            await ctx.send_error(404, "1222", f"The API you requested does not exist: "
-                                              f"{ctx.request.method} {ctx.request.path}")
-            return
-        route, ctx.params = found
-        if route.auth:
-            failure = check_authorization(ctx.request.headers.get("authorization"), self.api_key)
-            if failure is not None:
-                await ctx.send_error(failure.status, failure.code, failure.message)
-                return
-        await route.handler(ctx)

@@ -22,9 +22,10 @@ if TYPE_CHECKING:
 
 @dataclass
 class Rule:
-    """A fault applied to every request whose raw body text contains ``match``.
+    """A fault applied to every request whose raw body text, or its messages' text, contains ``match``.
 
-    :param match: substring searched in the raw request body.
+    :param match: substring searched in the raw request body and in the messages' text joined with
+        newlines ("" matches every request).
     :param fault: fault to apply.
     :param remaining: how many more requests it applies to (None: unlimited).
     :param hits: how many requests it has applied to.
@@ -55,6 +56,7 @@ class ServerState:
         self.in_flight = 0
         self.peak_in_flight = 0
         self.admitted = 0
+        self.peak_admitted = 0
         self.call_counter = 0
         self.counters: dict[str, int] = {}
 
@@ -113,6 +115,7 @@ class ServerState:
             if limit is not None and self.admitted >= limit:
                 return False
             self.admitted += 1
+            self.peak_admitted = max(self.peak_admitted, self.admitted)
             return True
 
     def next_call_id(self) -> str:
@@ -121,27 +124,29 @@ class ServerState:
             self.call_counter += 1
             return f"call_{self.call_counter}"
 
-    def take_fault(self, raw_text: str) -> Fault | None:
+    def take_fault(self, raw_text: str, prompt: str = "") -> Fault | None:
         """Pop the next scripted fault, else the first matching rule's fault.
 
         :param raw_text: the raw request body as text.
+        :param prompt: the messages' text joined with newlines.
         """
         with self.lock:
-            return self.take_scripted() or self.take_rule(raw_text)
+            return self.take_scripted() or self.take_rule(raw_text, prompt)
 
     def take_scripted(self) -> Fault | None:
         """Pop the next scripted fault, if any."""
         with self.lock:
             return self.script.popleft() if self.script else None
 
-    def take_rule(self, raw_text: str) -> Fault | None:
+    def take_rule(self, raw_text: str, prompt: str = "") -> Fault | None:
         """Return the first matching rule's fault (counting the hit), ignoring the script.
 
-        :param raw_text: text the rules' ``match`` is searched in.
+        :param raw_text: the raw body text the rules' ``match`` is searched in.
+        :param prompt: the messages' text joined with newlines, searched too.
         """
         with self.lock:
             for rule in self.rules:
-                if rule.remaining != 0 and rule.match in raw_text:
+                if rule.remaining != 0 and (rule.match in raw_text or rule.match in prompt):
                     if rule.remaining is not None:
                         rule.remaining -= 1
                     rule.hits += 1
@@ -192,6 +197,8 @@ class ServerState:
                 billed_total_tokens=sum(b.total_tokens for b in self.billed),
                 peak_in_flight=self.peak_in_flight,
                 in_flight=self.in_flight,
+                peak_chat_in_flight=self.peak_admitted,
+                chat_in_flight=self.admitted,
                 status_counts=dict(self.status_counts),
                 files_uploaded=self.counters.get("files_uploaded", 0),
                 batches_created=self.counters.get("batches_created", 0),
@@ -214,11 +221,20 @@ class ServerState:
         with self.lock:
             self.script.clear()
             self.rules.clear()
+            self.seen_system_texts.clear()
+            self.call_counter = 0
+            self.reset_counters()
+
+    def reset_counters(self) -> None:
+        """Forget records, the billing tally and counters; keep faults, rules and the prompt cache.
+
+        Requests in flight stay counted, and the peaks restart from them.
+        """
+        with self.lock:
             self.records.clear()
             self.billed.clear()
             self.status_counts.clear()
-            self.seen_system_texts.clear()
             self.requests = 0
             self.peak_in_flight = self.in_flight
-            self.call_counter = 0
+            self.peak_admitted = self.admitted
             self.counters.clear()

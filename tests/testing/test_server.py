@@ -296,28 +296,27 @@ def test_reset_mid_body(glm_server: GLMTestServer) -> None:
 
 
 def test_hang(glm_server: GLMTestServer) -> None:
-    glm_server.script(Fault.hang(5), Fault.hang(0.2))
-    started = time.monotonic()
+    glm_server.script(Fault.hang(3600), Fault.hang(0.2))
     with pytest.raises(httpx.ReadTimeout):
         chat(glm_server, timeout=0.2)
     started = time.monotonic()
     with pytest.raises(httpx.RemoteProtocolError):
-        chat(glm_server, timeout=3)
-    assert 0.2 <= time.monotonic() - started < 2
+        chat(glm_server, timeout=60)
+    assert time.monotonic() - started >= 0.2
     assert glm_server.stats.billed_responses == 0 and glm_server.requests[1].status is None
 
 
 def test_trickle(glm_server: GLMTestServer) -> None:
     glm_server.script(Fault.trickle(0.03, chunk=100))
     started = time.monotonic()
-    with httpx.stream("POST", f"{glm_server.base_url}/chat/completions", headers=AUTH,
+    with httpx.stream("POST", f"{glm_server.base_url}/chat/completions", headers=AUTH, timeout=30,
                       json={"model": "m", "messages": [{"role": "user", "content": "hello world"}]}) as resp:
-        headers_at = time.monotonic() - started
+        assert resp.status_code == 200
         pieces = list(resp.iter_raw())
     total = time.monotonic() - started
     body = b"".join(pieces)
     assert json.loads(body)["choices"][0]["message"]["content"] == "Summary: hello world"
-    assert headers_at < 0.1 and total >= 0.03 * math.ceil(len(body) / 100) and len(pieces) >= 3
+    assert total >= 0.03 * math.ceil(len(body) / 100) and len(pieces) >= 3
     assert glm_server.stats.billed_responses == 1
 
 
@@ -393,25 +392,37 @@ def test_keep_alive_and_connection_close(glm_server: GLMTestServer) -> None:
 
 def test_peak_in_flight_and_concurrency_limit(glm_server: GLMTestServer) -> None:
     async def burst(n: int) -> list[httpx.Response]:
-        async with httpx.AsyncClient(headers=AUTH, timeout=5) as client:
+        async with httpx.AsyncClient(headers=AUTH, timeout=30) as client:
             body = {"model": "m", "messages": [{"role": "user", "content": "x"}]}
             url = f"{glm_server.base_url}/chat/completions"
             return list(await asyncio.gather(*(client.post(url, json=body) for _ in range(n))))
 
-    glm_server.latency = 0.2
-    started = time.monotonic()
-    responses = asyncio.run(burst(10))
-    assert time.monotonic() - started < 1.0
+    def held_burst(n: int, until: Any) -> list[httpx.Response]:
+        results: list[httpx.Response] = []
+        glm_server.hold()
+        thread = threading.Thread(target=lambda: results.extend(asyncio.run(burst(n))))
+        thread.start()
+        try:
+            deadline = time.monotonic() + 30
+            while not until(glm_server.stats):
+                assert time.monotonic() < deadline, glm_server.stats
+                time.sleep(0.01)
+        finally:
+            glm_server.release()
+        thread.join(30)
+        return results
+
+    responses = held_burst(10, lambda stats: stats.in_flight == 10)
     assert all(r.status_code == 200 for r in responses)
     assert glm_server.stats.peak_in_flight == 10 and glm_server.stats.in_flight == 0
 
     glm_server.reset()
     glm_server.concurrency_limit = 3
-    responses = asyncio.run(burst(8))
+    responses = held_burst(8, lambda stats: stats.status_counts.get(429) == 5)
     codes = sorted(r.status_code for r in responses)
     assert codes == [200] * 3 + [429] * 5
     assert all(r.json()["error"]["code"] == "1302" for r in responses if r.status_code == 429)
-    assert glm_server.stats.billed_responses == 3
+    assert glm_server.stats.billed_responses == 3 and glm_server.stats.peak_chat_in_flight == 3
 
 
 def test_random_rate_limit_is_seeded(glm_server: GLMTestServer) -> None:
@@ -431,24 +442,24 @@ def test_random_rate_limit_is_seeded(glm_server: GLMTestServer) -> None:
 
 def test_stop_closes_hanging_connections() -> None:
     srv = GLMTestServer().start()
-    srv.script(Fault.hang(60))
+    srv.script(Fault.hang(3600))
     errors: list[BaseException] = []
 
     def client() -> None:
         try:
-            chat(srv, timeout=10)
+            chat(srv, timeout=3600)
         except httpx.TransportError as exc:
             errors.append(exc)
 
     thread = threading.Thread(target=client)
     thread.start()
-    deadline = time.monotonic() + 2
-    while srv.stats.in_flight == 0 and time.monotonic() < deadline:
+    deadline = time.monotonic() + 30
+    while srv.stats.in_flight == 0:
+        assert time.monotonic() < deadline
         time.sleep(0.01)
-    started = time.monotonic()
     srv.stop()
-    thread.join(5)
-    assert time.monotonic() - started < 2 and len(errors) == 1
+    thread.join(30)
+    assert not thread.is_alive() and len(errors) == 1
 
 
 def test_cli_prints_base_url_and_serves(tmp_path: Path) -> None:
