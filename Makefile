@@ -1,4 +1,4 @@
-# The two commands of the README: `make demo` (the nightly job, offline) and `make test`.
+# The README's commands: `make demo` (the nightly job, offline), `make test` and `make bench`.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 

@@ -88,6 +88,17 @@ def get_provider_info() -> dict[str, Any]:
                         "schema": {"type": ["integer", "null"], "minimum": 1},
                         "description": "Answers larger than this are aborted (default 32 MiB).",
                     },
+                    "max_billed_retries": {
+                        "label": "Max resends of possibly billed requests",
+                        "schema": {"type": ["integer", "null"], "minimum": 0},
+                        "description": "How often a request lost after it was sent (and so maybe billed) is "
+                                       "sent again (default 1).",
+                    },
+                    "allow_insecure_http": {
+                        "label": "Allow plain http",
+                        "schema": {"type": ["boolean", "null"]},
+                        "description": "Accept an http:// base URL off loopback (a trusted in-cluster gateway).",
+                    },
                     "auth": {
                         "label": "Auth mode",
                         "schema": {"type": ["string", "null"], "enum": ["bearer", "jwt", None]},

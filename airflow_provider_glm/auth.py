@@ -3,14 +3,12 @@
 The key is held in :class:`APIKey`, whose ``repr`` and ``str`` never show it. JWT mode (keys shaped
 ``id.secret``) signs ``{"api_key": id, "exp": ms, "timestamp": ms}`` with HS256 and the GLM header
 ``{"alg": "HS256", "sign_type": "SIGN"}``; a token is cached and replaced before it expires.
+Every key, key half and token is registered for :func:`redact`, which scrubs server-sent text.
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
-import json
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -18,7 +16,7 @@ from typing import Literal
 
 from airflow_provider_glm.constants import JWT_CACHE_SECONDS, JWT_TTL_SECONDS
 
-__all__ = ["APIKey", "AuthMode", "Credentials", "make_jwt"]
+__all__ = ["APIKey", "AuthMode", "Credentials", "make_jwt", "redact", "register_secret"]
 
 AuthMode = Literal["bearer", "jwt"]
 
@@ -35,6 +33,9 @@ class APIKey:
         if not isinstance(value, str) or not value.strip():
             raise ValueError("the GLM API key is empty: put it in the connection's password field")
         self._value = value.strip()
+        register_secret(self._value)
+        for half in self._value.split(".", 1):
+            register_secret(half)
 
     def reveal(self) -> str:
         """The key itself, for building the header and nothing else."""
@@ -49,12 +50,10 @@ class APIKey:
         raise TypeError("APIKey is not picklable: it must not travel in XCom or trigger kwargs")
 
 
-def _b64url(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
-
-
 def make_jwt(key: str, *, ttl_seconds: float = JWT_TTL_SECONDS, now: float | None = None) -> str:
     """Sign a GLM JWT for an ``id.secret`` key (timestamps in milliseconds, as the API expects).
+
+    Signed with PyJWT, as the official SDKs do: header ``{"alg": "HS256", "sign_type": "SIGN", "typ": "JWT"}``.
 
     :param key: the ``id.secret`` API key.
     :param ttl_seconds: lifetime of the token.
@@ -63,16 +62,47 @@ def make_jwt(key: str, *, ttl_seconds: float = JWT_TTL_SECONDS, now: float | Non
     key_id, sep, secret = key.partition(".")
     if not sep or not key_id or not secret:
         raise ValueError("JWT auth needs an API key shaped 'id.secret'")
+    import warnings
+
+    import jwt
+
     now_ms = int((time.time() if now is None else now) * 1000)
-    header = {"alg": "HS256", "sign_type": "SIGN"}
     payload = {"api_key": key_id, "exp": now_ms + int(ttl_seconds * 1000), "timestamp": now_ms}
-    signing_input = (
-        _b64url(json.dumps(header, separators=(",", ":")).encode())
-        + "."
-        + _b64url(json.dumps(payload, separators=(",", ":")).encode())
-    )
-    signature = hmac.new(secret.encode(), signing_input.encode("ascii"), hashlib.sha256).digest()
-    return f"{signing_input}.{_b64url(signature)}"
+    with warnings.catch_warnings():
+        # the secret's length is the console's choice, not ours: PyJWT's advice about it is noise here
+        warnings.simplefilter("ignore")
+        return jwt.encode(payload, secret, algorithm="HS256", headers={"sign_type": "SIGN"})
+
+
+_SECRETS: set[str] = set()
+_SECRETS_LOCK = threading.Lock()
+_BEARER = re.compile(r"(Bearer\s+)[A-Za-z0-9._~+/=-]{6,}", re.IGNORECASE)
+_MIN_SECRET = 6
+
+
+def register_secret(value: str) -> None:
+    """Remember a secret so :func:`redact` removes it from any text (API keys, their halves, tokens).
+
+    :param value: the secret; values shorter than 6 characters are ignored (they would mangle text).
+    """
+    if isinstance(value, str) and len(value) >= _MIN_SECRET:
+        with _SECRETS_LOCK:
+            _SECRETS.add(value)
+
+
+def redact(text: str) -> str:
+    """``text`` with every registered secret, and any ``Bearer <token>``, replaced by ``***``.
+
+    Applied to every string a server sends back (error messages, batch error lines, async task
+    failures) before it is stored, logged or raised: a gateway that echoes the Authorization header
+    must not put the key into the results table, XCom, exports or logs.
+    """
+    if not text:
+        return text
+    for secret in sorted(_SECRETS, key=len, reverse=True):
+        if secret in text:
+            text = text.replace(secret, "***")
+    return _BEARER.sub(r"\1***", text) if "earer" in text else text
 
 
 class Credentials:
@@ -107,6 +137,7 @@ class Credentials:
             if self._token is None or now - self._issued >= JWT_CACHE_SECONDS:
                 self._token = make_jwt(self._key.reveal(), now=now)
                 self._issued = now
+                register_secret(self._token)
             return f"Bearer {self._token}"
 
     def invalidate(self) -> bool:

@@ -1,9 +1,9 @@
-"""Files, batches and async chat: typed calls shared by the sync and async clients.
+"""Files, batches and GLM's async chat API: the wire models and one :class:`Call` per operation.
 
 Each operation is described once as a :class:`Call` (method, path, request arguments and the
-parser of its answer); :class:`BatchAPI` and :class:`AsyncBatchAPI` only send it through
-``GLMClient.request`` or ``AsyncGLMClient.request``, so both get the same retry policy, deadlines
-and error mapping as chat completions.
+parser of its answer) and sent by ``AsyncGLMClient.call`` (or ``GLMClient.call``), so it gets the
+same retry policy, deadlines and error mapping as chat completions. ``GLMHook`` exposes them as
+methods (``upload_file``, ``create_batch``, ``get_batch``, ...).
 
 The API's quirks are absorbed here: timestamps arrive in seconds or milliseconds (values above
 1e12 are divided by 1000), file ids may be empty strings (read as ``None``), and the returned
@@ -11,9 +11,8 @@ model name may differ in case from the one asked for.
 
 Example::
 
-    api = BatchAPI(client)
-    file = api(upload_file(jsonl_bytes, "rows.jsonl"))
-    batch = api(create_batch(file.id, metadata={"dag_id": "nightly"}))
+    file = await client.call(upload_file(jsonl_bytes, "rows.jsonl"))
+    batch = await client.call(create_batch(file.id, metadata={"dag_id": "nightly"}))
 """
 
 from __future__ import annotations
@@ -21,20 +20,18 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from airflow_provider_glm.auth import redact
 from airflow_provider_glm.exceptions import GLMError, error_from_body
 from airflow_provider_glm.models import ChatCompletion
 
-if TYPE_CHECKING:
-    from airflow_provider_glm.client import AsyncGLMClient, GLMClient
-
 __all__ = [
-    "AsyncBatchAPI", "AsyncTask", "Batch", "BatchAPI", "BatchList", "BatchResultLine", "Call", "FileObject",
-    "TERMINAL_BATCH_STATUSES", "cancel_batch", "create_batch", "delete_file", "file_content", "get_async_result",
-    "list_batches", "parse_result_lines", "retrieve_batch", "submit_async_chat", "upload_file",
+    "AsyncTask", "Batch", "BatchList", "BatchResultLine", "Call", "FileObject", "TERMINAL_BATCH_STATUSES",
+    "cancel_batch", "create_batch", "file_content", "get_async_result", "list_batches", "parse_result_lines",
+    "retrieve_batch", "submit_async_chat", "upload_file",
 ]
 
 BATCH_ENDPOINT = "/v4/chat/completions"
@@ -136,49 +133,56 @@ class AsyncTask(_Wire):
         return error
 
 
+T = TypeVar("T")
+
+
 @dataclass(frozen=True)
-class Call:
-    """One API operation: what to send and how to read the answer."""
+class Call(Generic[T]):
+    """One API operation: what to send and how to read the answer.
+
+    :param billable: the operation starts billed work (an async chat task, a batch): a request lost
+        after it was sent may have been billed, and is counted so.
+    :param resend_lost: whether such a lost request may be sent again (``False`` for creating a batch:
+        a second batch would bill the rows twice; the caller looks for the first one instead).
+    """
 
     method: str
     path: str
-    parse: Callable[[Any], Any]
+    parse: Callable[[Any], T]
     kwargs: dict[str, Any] = field(default_factory=dict)
     raw: bool = False
+    billable: bool = False
+    resend_lost: bool = True
 
 
-def upload_file(content: bytes, filename: str = "batch.jsonl") -> Call:
+def upload_file(content: bytes, filename: str = "batch.jsonl") -> Call[FileObject]:
     """Upload a JSONL file for batch use (``purpose=batch``)."""
     return Call("POST", "files", FileObject.model_validate,
                 {"files": {"file": (filename, content, "application/jsonl")}, "data": {"purpose": "batch"}})
 
 
-def file_content(file_id: str) -> Call:
+def file_content(file_id: str) -> Call[bytes]:
     """Download a file's bytes (batch output and error files)."""
-    return Call("GET", f"files/{file_id}/content", lambda body: body, raw=True)
-
-
-def delete_file(file_id: str) -> Call:
-    return Call("DELETE", f"files/{file_id}", lambda body: body)
+    return Call("GET", f"files/{file_id}/content", bytes, raw=True)
 
 
 def create_batch(input_file_id: str, *, metadata: Mapping[str, str] | None = None,
-                 auto_delete_input_file: bool = True, completion_window: str = "24h") -> Call:
+                 auto_delete_input_file: bool = True, completion_window: str = "24h") -> Call[Batch]:
     """Create a batch over an uploaded file for the chat completions endpoint."""
     body = {"input_file_id": input_file_id, "endpoint": BATCH_ENDPOINT, "completion_window": completion_window,
             "auto_delete_input_file": auto_delete_input_file, "metadata": dict(metadata or {})}
-    return Call("POST", "batches", Batch.model_validate, {"json": body})
+    return Call("POST", "batches", Batch.model_validate, {"json": body}, billable=True, resend_lost=False)
 
 
-def retrieve_batch(batch_id: str) -> Call:
+def retrieve_batch(batch_id: str) -> Call[Batch]:
     return Call("GET", f"batches/{batch_id}", Batch.model_validate)
 
 
-def cancel_batch(batch_id: str) -> Call:
+def cancel_batch(batch_id: str) -> Call[Batch]:
     return Call("POST", f"batches/{batch_id}/cancel", Batch.model_validate)
 
 
-def list_batches(after: str | None = None, limit: int = 100) -> Call:
+def list_batches(after: str | None = None, limit: int = 100) -> Call[BatchList]:
     """One page of batches, newest first; pass the last id as ``after`` for the next page."""
     params: dict[str, Any] = {"limit": limit}
     if after:
@@ -186,12 +190,16 @@ def list_batches(after: str | None = None, limit: int = 100) -> Call:
     return Call("GET", "batches", BatchList.model_validate, {"params": params})
 
 
-def submit_async_chat(body: Mapping[str, Any]) -> Call:
-    """Submit a validated chat body (without ``stream``) to the async API."""
-    return Call("POST", "async/chat/completions", AsyncTask.model_validate, {"json": dict(body)})
+def submit_async_chat(body: Mapping[str, Any] | bytes) -> Call[AsyncTask]:
+    """Submit a validated chat body (without ``stream``; a mapping or its JSON bytes) to the async API."""
+    kwargs: dict[str, Any] = (
+        {"content": body} if isinstance(body, bytes)
+        else {"json": dict(body)}
+    )
+    return Call("POST", "async/chat/completions", AsyncTask.model_validate, kwargs, billable=True)
 
 
-def get_async_result(task_id: str) -> Call:
+def get_async_result(task_id: str) -> Call[AsyncTask]:
     return Call("GET", f"async-result/{task_id}", AsyncTask.model_validate)
 
 
@@ -222,28 +230,4 @@ def parse_result_lines(content: bytes) -> Iterator[BatchResultLine]:
             continue
         error = (body.get("error") if isinstance(body, dict) else None) or record.get("error") or {}
         yield BatchResultLine(custom_id, None, str(error.get("code")) if error.get("code") is not None else None,
-                              str(error.get("message") or f"HTTP {response.get('status_code')}"))
-
-
-class BatchAPI:
-    """Sends :class:`Call` objects through a sync client.
-
-    :param client: the client whose retries, deadlines and errors apply.
-    """
-
-    def __init__(self, client: GLMClient) -> None:
-        self.client = client
-
-    def __call__(self, call: Call, *, deadline: float | None = None) -> Any:
-        return call.parse(self.client.request(call.method, call.path, deadline=deadline, raw=call.raw, **call.kwargs))
-
-
-class AsyncBatchAPI:
-    """Sends :class:`Call` objects through an async client (used by the trigger)."""
-
-    def __init__(self, client: AsyncGLMClient) -> None:
-        self.client = client
-
-    async def __call__(self, call: Call, *, deadline: float | None = None) -> Any:
-        body = await self.client.request(call.method, call.path, deadline=deadline, raw=call.raw, **call.kwargs)
-        return call.parse(body)
+                              redact(str(error.get("message") or f"HTTP {response.get('status_code')}")))

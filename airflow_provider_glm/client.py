@@ -1,11 +1,13 @@
-"""HTTP clients for the GLM API over httpx: :class:`GLMClient` (sync) and :class:`AsyncGLMClient`.
+"""HTTP clients for the GLM API over httpx: :class:`AsyncGLMClient`, and :class:`GLMClient` for blocking code.
 
-Both share :class:`~airflow_provider_glm.client_core.ClientCore`, which builds requests, decides retries (through
-:class:`~airflow_provider_glm.retry.RetryPolicy`) and parses answers; the two classes differ only
-in how they send bytes and sleep. Every attempt has a total deadline (``timeout``): the async client
-enforces it on the whole attempt; the sync one on the body, so a server trickling its headers can
-hold a sync call up to ``read_timeout`` per read. Answers above ``max_response_bytes`` are aborted while reading,
-and redirects are never followed, so the key goes to the configured host only.
+:class:`AsyncGLMClient` is the one implementation: every call, sync or async, chat or file or
+batch, goes through its attempt loop, so all share one deadline, retry, billing and parsing policy
+(:class:`~airflow_provider_glm.client_core.ClientCore`). :class:`GLMClient` runs an
+:class:`AsyncGLMClient` on a private event loop thread and waits for the result.
+
+Every attempt has a total deadline (``timeout``), headers included; answers above
+``max_response_bytes`` are aborted while reading, and redirects are never followed, so the key
+goes to the configured host only.
 
 Example::
 
@@ -17,145 +19,26 @@ Example::
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import AsyncIterator, Callable, Iterator
-from typing import Any
+import inspect
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
 
 from airflow_provider_glm import constants
 from airflow_provider_glm.auth import APIKey
 from airflow_provider_glm.client_core import Attempts, CallInfo, ClientCore, http_options
-from airflow_provider_glm.exceptions import GLMError, GLMInvalidResponseError, GLMTimeoutError
-from airflow_provider_glm.models import ChatCompletion, ChatCompletionChunk
-from airflow_provider_glm.streaming import DONE, SSEDecoder, StreamAssembler
+from airflow_provider_glm.event_loop import run_blocking
+from airflow_provider_glm.exceptions import GLMError, GLMInvalidResponseError
+from airflow_provider_glm.models import ChatCompletion, ChatCompletionChunk, encode_body
+from airflow_provider_glm.streaming import DONE, SSEDecoder
+
+if TYPE_CHECKING:
+    from airflow_provider_glm.batch_api import Call
 
 __all__ = ["AsyncGLMClient", "CallInfo", "GLMClient"]
 
-
-class GLMClient:
-    """Synchronous GLM client. Parameters are those of :class:`AsyncGLMClient`."""
-
-    def __init__(self, api_key: str | APIKey, *, max_connections: int = constants.DEFAULT_MAX_CONNECTIONS,
-                 transport: httpx.BaseTransport | None = None,
-                 sleep: Callable[[float], None] = time.sleep, **options: Any) -> None:
-        self._core = ClientCore(api_key, **options)
-        self._sleep = sleep
-        self._http = httpx.Client(transport=transport, **http_options(max_connections))
-
-    def __repr__(self) -> str:
-        return repr(self._core)
-
-    def __enter__(self) -> GLMClient:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        self._http.close()
-
-    def request(self, method: str, path: str, *, deadline: float | None = None, raw: bool = False,
-                **kwargs: Any) -> Any:
-        """Send with retries and return the parsed JSON body (or the bytes with ``raw=True``).
-
-        :param deadline: a ``time.monotonic()`` instant no attempt or wait may pass.
-        :param raw: return the body's bytes instead of parsing JSON (file downloads).
-        :param kwargs: ``json``, ``files``, ``data`` or ``params`` for httpx.
-        """
-        return self._request(method, path, deadline, kwargs, raw)[0]
-
-    def chat_completion(self, model: str, messages: Any, *, deadline: float | None = None,
-                        **params: Any) -> ChatCompletion:
-        """Create a chat completion; see :func:`~airflow_provider_glm.models.build_chat_request`."""
-        body = self._core.chat_body(model, messages, params, stream=False)
-        payload, info = self._request("POST", "chat/completions", deadline, {"json": body})
-        completion = self._core.parse_completion(payload, body.get("request_id"))
-        completion._call_info = info
-        return completion
-
-    def stream_chat_completion(self, model: str, messages: Any, *, deadline: float | None = None,
-                               **params: Any) -> Iterator[ChatCompletionChunk]:
-        """Stream a chat completion as typed chunks; retries happen only before the first byte."""
-        body = self._core.chat_body(model, messages, params, stream=True)
-        request_id = body.get("request_id")
-        response, attempt_deadline = self._open_stream(body, deadline)
-        decoder = SSEDecoder(request_id)
-        try:
-            received = 0
-            for data in response.iter_bytes():
-                received += len(data)
-                self._core.check_progress(received, attempt_deadline, request_id)
-                for item in decoder.feed(data):
-                    if item is not DONE:
-                        yield item
-            for item in decoder.close():
-                if item is not DONE:
-                    yield item
-        except httpx.HTTPError as exc:
-            raise self._core.transport_error(exc, request_id) from None
-        finally:
-            response.close()
-
-    def chat_completion_streamed(self, model: str, messages: Any, **params: Any) -> ChatCompletion:
-        """Stream a completion and return it assembled into one answer."""
-        assembler = StreamAssembler()
-        for chunk in self.stream_chat_completion(model, messages, **params):
-            assembler.add(chunk)
-        return assembler.completion(params.get("request_id"))
-
-    def _open_stream(self, body: dict[str, Any], deadline: float | None) -> tuple[httpx.Response, float]:
-        attempts = Attempts(self._core, deadline)
-        while True:
-            attempts.count += 1
-            attempt_deadline = self._core.attempt_deadline(deadline)
-            request = self._core.build(self._http, "POST", "chat/completions", attempt_deadline, json=body)
-            try:
-                response = self._http.send(request, stream=True)
-                if response.status_code == 200:
-                    return response, attempt_deadline
-                try:
-                    content = self._read(response, attempt_deadline, body.get("request_id"))
-                finally:
-                    response.close()
-                self._core.check_status(response, content, body.get("request_id"))
-                raise GLMInvalidResponseError(f"unexpected HTTP {response.status_code} for a stream")
-            except httpx.HTTPError as exc:
-                error = self._core.transport_error(exc, body.get("request_id"))
-            except GLMError as exc:
-                error = exc
-            self._sleep(attempts.failed(error))
-
-    def _read(self, response: httpx.Response, deadline: float, request_id: str | None,
-              limit: int | None = None) -> bytes:
-        chunks: list[bytes] = []
-        received = 0
-        for data in response.iter_bytes():
-            received += len(data)
-            self._core.check_progress(received, deadline, request_id, limit)
-            chunks.append(data)
-        return b"".join(chunks)
-
-    def _request(self, method: str, path: str, deadline: float | None,
-                 kwargs: dict[str, Any], raw: bool = False) -> tuple[Any, CallInfo]:
-        attempts = Attempts(self._core, deadline)
-        request_id = self._core.request_id_of(kwargs)
-        while True:
-            attempts.count += 1
-            attempt_deadline = self._core.attempt_deadline(deadline)
-            try:
-                request = self._core.build(self._http, method, path, attempt_deadline, **kwargs)
-                response = self._http.send(request, stream=True)
-                try:
-                    content = self._read(response, attempt_deadline, request_id, self._core.download_limit(raw))
-                finally:
-                    response.close()
-                return self._core.parse_body(response, content, request_id, raw), attempts.info()
-            except httpx.HTTPError as exc:
-                error = self._core.transport_error(exc, request_id)
-            except GLMError as exc:
-                error = exc
-            self._sleep(attempts.failed(error))
+T = TypeVar("T")
 
 
 class AsyncGLMClient:
@@ -168,10 +51,13 @@ class AsyncGLMClient:
     :param connect_timeout: seconds to connect.
     :param read_timeout: seconds to wait for the next byte.
     :param max_retries: retries of a retryable failure (see ``docs/errors.md``).
+    :param max_billed_retries: resends of a request that was lost after it was sent (default 1).
     :param max_connections: connection pool size.
     :param max_response_bytes: an answer larger than this is aborted while reading.
+    :param allow_insecure_http: accept ``http://`` to a host other than loopback.
+    :param observer: told the outcome of every attempt (adaptive concurrency listens here).
     :param transport: an httpx transport (tests use ``httpx.MockTransport``).
-    :param sleep: the coroutine used to wait between attempts (inject in tests).
+    :param sleep: waits between attempts (inject in tests; a coroutine function or a plain function).
     """
 
     def __init__(self, api_key: str | APIKey, *, max_connections: int = constants.DEFAULT_MAX_CONNECTIONS,
@@ -184,6 +70,11 @@ class AsyncGLMClient:
     def __repr__(self) -> str:
         return repr(self._core)
 
+    @property
+    def core(self) -> ClientCore:
+        """The call policy (base URL, timeouts, retries) this client applies."""
+        return self._core
+
     async def __aenter__(self) -> AsyncGLMClient:
         return self
 
@@ -195,15 +86,55 @@ class AsyncGLMClient:
 
     async def request(self, method: str, path: str, *, deadline: float | None = None, raw: bool = False,
                       **kwargs: Any) -> Any:
-        """Send with retries and return the parsed JSON body or bytes (see :meth:`GLMClient.request`)."""
+        """Send with retries and return the parsed JSON body (or the bytes with ``raw=True``).
+
+        :param deadline: a ``time.monotonic()`` instant no attempt or wait may pass.
+        :param raw: return the body's bytes instead of parsing JSON (file downloads).
+        :param kwargs: ``json``, ``content``, ``files``, ``data`` or ``params`` for httpx.
+        """
         return (await self._request(method, path, deadline, kwargs, raw))[0]
+
+    async def _request(self, method: str, path: str, deadline: float | None, kwargs: dict[str, Any],
+                       raw: bool = False, billable: bool = False, resend_lost: bool = True) -> tuple[Any, CallInfo]:
+        request_id = self._core.request_id_of(kwargs)
+
+        def parse(response: httpx.Response, content: bytes) -> Any:
+            return self._core.parse_body(response, content, request_id, raw)
+
+        attempts = Attempts(self._core, deadline, billable=billable, resend_lost=resend_lost)
+        return await self._send(method, path, attempts, kwargs, parse, request_id, raw)
+
+    async def call(self, call: Call[T], *, deadline: float | None = None) -> T:
+        """Send one described operation (files, batches, async chat) and parse its answer."""
+        return (await self.call_with_info(call, deadline=deadline))[0]
+
+    async def call_with_info(self, call: Call[T], *, deadline: float | None = None) -> tuple[T, CallInfo]:
+        """:meth:`call`, with how the call went (attempts, possibly billed ones)."""
+        body, info = await self._request(call.method, call.path, deadline, dict(call.kwargs), call.raw,
+                                         call.billable, call.resend_lost)
+        return call.parse(body), info
 
     async def chat_completion(self, model: str, messages: Any, *, deadline: float | None = None,
                               **params: Any) -> ChatCompletion:
         """Create a chat completion; see :func:`~airflow_provider_glm.models.build_chat_request`."""
         body = self._core.chat_body(model, messages, params, stream=False)
-        payload, info = await self._request("POST", "chat/completions", deadline, {"json": body})
-        completion = self._core.parse_completion(payload, body.get("request_id"))
+        return await self.send_chat(encode_body(body), request_id=body.get("request_id"), deadline=deadline)
+
+    async def send_chat(self, body: bytes, *, request_id: str | None = None,
+                        deadline: float | None = None) -> ChatCompletion:
+        """Send an already validated chat request body (JSON bytes) and parse the answer.
+
+        The row operators build and validate each row's body once, before any call; this sends it
+        as is. The answer's :attr:`~airflow_provider_glm.models.ChatCompletion.call_info` says how
+        many attempts it took and how many of them may have been billed.
+        """
+
+        def parse(response: httpx.Response, content: bytes) -> ChatCompletion:
+            return self._core.parse_completion_bytes(response, content, request_id)
+
+        attempts = Attempts(self._core, deadline, billable=True)
+        completion, info = await self._send("POST", "chat/completions", attempts,
+                                            {"content": body}, parse, request_id)
         completion._call_info = info
         return completion
 
@@ -212,13 +143,13 @@ class AsyncGLMClient:
         """Stream a chat completion as typed chunks; retries happen only before the first byte."""
         body = self._core.chat_body(model, messages, params, stream=True)
         request_id = body.get("request_id")
-        attempts = Attempts(self._core, deadline)
+        attempts = Attempts(self._core, deadline, billable=True)
         while True:
-            attempts.count += 1
-            attempt_deadline = self._core.attempt_deadline(deadline)
+            attempt_deadline = attempts.begin()
             request = self._core.build(self._http, "POST", "chat/completions", attempt_deadline, json=body)
             try:
-                response = await self._http.send(request, stream=True)
+                async with asyncio.timeout(max(0.0, attempt_deadline - self._core.clock())):
+                    response = await self._http.send(request, stream=True)
                 if response.status_code == 200:
                     break
                 try:
@@ -227,11 +158,14 @@ class AsyncGLMClient:
                     await response.aclose()
                 self._core.check_status(response, content, request_id)
                 raise GLMInvalidResponseError(f"unexpected HTTP {response.status_code} for a stream")
+            except TimeoutError:
+                error: GLMError = self._core.total_timeout(request_id)
             except httpx.HTTPError as exc:
                 error = self._core.transport_error(exc, request_id)
             except GLMError as exc:
                 error = exc
-            await self._sleep(attempts.failed(error))
+            await self._wait(attempts.failed(error))
+        attempts.succeeded()
         decoder = SSEDecoder(request_id)
         try:
             received = 0
@@ -259,14 +193,13 @@ class AsyncGLMClient:
             chunks.append(data)
         return b"".join(chunks)
 
-    async def _request(self, method: str, path: str, deadline: float | None,
-                       kwargs: dict[str, Any], raw: bool = False) -> tuple[Any, CallInfo]:
-        attempts = Attempts(self._core, deadline)
-        request_id = self._core.request_id_of(kwargs)
+    async def _send(self, method: str, path: str, attempts: Attempts, kwargs: dict[str, Any],
+                    parse: Callable[[httpx.Response, bytes], T], request_id: str | None,
+                    raw: bool = False) -> tuple[T, CallInfo]:
+        """The attempt loop every call shares: build, send, read under the total deadline, parse, retry."""
         error: GLMError
         while True:
-            attempts.count += 1
-            attempt_deadline = self._core.attempt_deadline(deadline)
+            attempt_deadline = attempts.begin()
             try:
                 request = self._core.build(self._http, method, path, attempt_deadline, **kwargs)
                 async with asyncio.timeout(max(0.0, attempt_deadline - self._core.clock())):
@@ -276,12 +209,75 @@ class AsyncGLMClient:
                                                    self._core.download_limit(raw))
                     finally:
                         await response.aclose()
-                return self._core.parse_body(response, content, request_id, raw), attempts.info()
+                result = parse(response, content)
+                return result, attempts.succeeded()
             except TimeoutError:
-                error = GLMTimeoutError(f"no complete answer within {self._core.timeout:g} s",
-                                        request_id=request_id)
+                error = self._core.total_timeout(request_id)
             except httpx.HTTPError as exc:
                 error = self._core.transport_error(exc, request_id)
             except GLMError as exc:
                 error = exc
-            await self._sleep(attempts.failed(error))
+            await self._wait(attempts.failed(error))
+
+    async def _wait(self, seconds: float) -> None:
+        waited = self._sleep(seconds)
+        if inspect.isawaitable(waited):
+            await waited
+
+
+class GLMClient:
+    """Blocking GLM client: an :class:`AsyncGLMClient` run on a private event loop thread.
+
+    Takes the parameters of :class:`AsyncGLMClient`; ``close()`` (or ``with``) releases its connections.
+    """
+
+    def __init__(self, api_key: str | APIKey, **options: Any) -> None:
+        self._client = AsyncGLMClient(api_key, **options)
+
+    def __repr__(self) -> str:
+        return repr(self._client)
+
+    @property
+    def core(self) -> ClientCore:
+        return self._client.core
+
+    def __enter__(self) -> GLMClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        run_blocking(self._client.aclose())
+
+    def request(self, method: str, path: str, *, deadline: float | None = None, raw: bool = False,
+                **kwargs: Any) -> Any:
+        """See :meth:`AsyncGLMClient.request`."""
+        return self._run(self._client.request(method, path, deadline=deadline, raw=raw, **kwargs))
+
+    def call(self, call: Call[T], *, deadline: float | None = None) -> T:
+        """See :meth:`AsyncGLMClient.call`."""
+        return self._run(self._client.call(call, deadline=deadline))
+
+    def chat_completion(self, model: str, messages: Any, *, deadline: float | None = None,
+                        **params: Any) -> ChatCompletion:
+        """See :meth:`AsyncGLMClient.chat_completion`."""
+        return self._run(self._client.chat_completion(model, messages, deadline=deadline, **params))
+
+    def stream_chat_completion(self, model: str, messages: Any, *, deadline: float | None = None,
+                               **params: Any) -> Iterator[ChatCompletionChunk]:
+        """See :meth:`AsyncGLMClient.stream_chat_completion`; chunks arrive as the server sends them."""
+        stream = self._client.stream_chat_completion(model, messages, deadline=deadline, **params)
+        assert isinstance(stream, AsyncGenerator)
+        try:
+            while True:
+                try:
+                    yield self._run(stream.__anext__())
+                except StopAsyncIteration:
+                    return
+        finally:
+            self._run(stream.aclose())
+
+    @staticmethod
+    def _run(awaitable: Awaitable[T]) -> T:
+        return run_blocking(awaitable)

@@ -1,15 +1,15 @@
-"""What the sync and async GLM clients share: request building, deadlines, parsing, retry decisions.
+"""What every GLM call shares, apart from sending bytes: request building, deadlines, parsing, retry decisions.
 
-:class:`ClientCore` holds everything about a call except sending bytes and sleeping, so
-:class:`~airflow_provider_glm.client.GLMClient` and
-:class:`~airflow_provider_glm.client.AsyncGLMClient` apply one policy: the same headers and
-timeouts, the same error mapping (:mod:`airflow_provider_glm.exceptions`) and the same retry
-decisions (:class:`~airflow_provider_glm.retry.RetryPolicy`).
+:class:`ClientCore` holds the policy of a call (headers, timeouts, the error mapping of
+:mod:`airflow_provider_glm.exceptions`, the retry decisions of
+:class:`~airflow_provider_glm.retry.RetryPolicy`); :class:`Attempts` keeps the books of one call's
+attempts: how many, how many may have been billed, and what the caller's observer is told.
 """
 
 from __future__ import annotations
 
 import functools
+import ipaddress
 import json
 import ssl
 import time
@@ -27,23 +27,28 @@ from airflow_provider_glm.exceptions import (
     GLMConnectionError,
     GLMError,
     GLMInvalidResponseError,
+    GLMRateLimitError,
     GLMTimeoutError,
     error_from_response,
 )
 from airflow_provider_glm.models import ChatCompletion, build_chat_request
 from airflow_provider_glm.retry import RetryPolicy, parse_retry_after
 
-__all__ = ["Attempts", "CallInfo", "ClientCore", "http_options"]
+__all__ = ["AttemptObserver", "Attempts", "CallInfo", "ClientCore", "check_base_url", "http_options"]
+
+AttemptObserver = Callable[[str, "GLMError | None"], None]
+"""Told after every attempt: ``("ok", None)``, or ``(kind, error)`` with kind ``rate_limited``,
+``timeout``, ``unreachable`` (the request never left), ``lost`` (sent, answer lost) or ``error``."""
 
 
 @dataclass(frozen=True)
 class CallInfo:
-    """How a successful call went: attempts made and time spent, for the usage ledger.
+    """How a call went, for the usage ledger (on answers and on errors alike).
 
-    :param attempts: attempts in total, the successful one included.
+    :param attempts: attempts in total, the last one included.
     :param unknown_billing_attempts: failed attempts that broke after the request was sent, so the
-        server may have billed them (a dropped connection, a read timeout).
-    :param latency_ms: milliseconds from the first attempt to the parsed answer.
+        server may have billed them (a dropped connection, a read timeout, an unreadable answer).
+    :param latency_ms: milliseconds from the first attempt to the end of the last.
     """
 
     attempts: int
@@ -51,8 +56,35 @@ class CallInfo:
     latency_ms: int
 
 
+def check_base_url(base_url: str, *, allow_insecure_http: bool = False) -> str:
+    """The base URL without a trailing slash, refused when it would send the key in plaintext off loopback.
+
+    :param allow_insecure_http: accept ``http://`` to a host other than loopback (a trusted in-cluster gateway).
+    :raises ValueError: not an http(s) URL, or plaintext to a non-loopback host without the opt-in.
+    """
+    url = base_url.rstrip("/")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"base_url must be an http(s) URL, got {url!r}")
+    if parts.scheme == "http" and not allow_insecure_http and not _is_loopback(parts.hostname):
+        raise ValueError(
+            f"base_url {url!r} would send the API key unencrypted to {parts.hostname}: use https://, or, for a "
+            "trusted in-cluster gateway, set the connection extra allow_insecure_http: true"
+        )
+    return url
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 class ClientCore:
-    """Request building, retry decisions and parsing, shared by the sync and async clients."""
+    """Request building, retry decisions and parsing: the policy of every call, whatever sends it."""
 
     def __init__(
         self,
@@ -64,24 +96,29 @@ class ClientCore:
         connect_timeout: float = constants.DEFAULT_CONNECT_TIMEOUT,
         read_timeout: float = constants.DEFAULT_READ_TIMEOUT,
         max_retries: int = constants.DEFAULT_MAX_RETRIES,
+        max_billed_retries: int = constants.DEFAULT_MAX_BILLED_RETRIES,
         max_response_bytes: int = constants.DEFAULT_MAX_RESPONSE_BYTES,
         retry_policy: RetryPolicy | None = None,
         headers: Mapping[str, str] | None = None,
+        allow_insecure_http: bool = False,
+        observer: AttemptObserver | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         key = api_key if isinstance(api_key, APIKey) else APIKey(api_key)
         self.credentials = Credentials(key, auth)
-        self.base_url = base_url.rstrip("/")
-        if urlsplit(self.base_url).scheme not in ("http", "https"):
-            raise ValueError(f"base_url must be an http(s) URL, got {self.base_url!r}")
+        self.base_url = check_base_url(base_url, allow_insecure_http=allow_insecure_http)
         for name, value in (("timeout", timeout), ("connect_timeout", connect_timeout), ("read_timeout", read_timeout)):
             if value <= 0:
                 raise ValueError(f"{name} must be > 0 seconds, got {value}")
+        if max_billed_retries < 0:
+            raise ValueError(f"max_billed_retries must be >= 0, got {max_billed_retries}")
         self.timeout = timeout
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
         self.max_response_bytes = max_response_bytes
+        self.max_billed_retries = max_billed_retries
         self.retry = retry_policy or RetryPolicy(max_retries=max_retries)
+        self.observer = observer
         self.clock = clock
         self.headers = {"Content-Type": "application/json", "Accept": "application/json"}
         if urlsplit(self.base_url).hostname in ("api.z.ai",):
@@ -91,6 +128,12 @@ class ClientCore:
     def __repr__(self) -> str:
         return f"<GLM client base_url={self.base_url!r} auth={self.credentials.mode!r}>"
 
+    @property
+    def endpoint(self) -> str:
+        """``host:port`` of the base URL, for messages about reaching it."""
+        parts = urlsplit(self.base_url)
+        return f"{parts.hostname}:{parts.port or (443 if parts.scheme == 'https' else 80)}"
+
     def url(self, path: str) -> str:
         return f"{self.base_url}/{path.lstrip('/')}"
 
@@ -99,8 +142,7 @@ class ClientCore:
         params = {k: v for k, v in params.items() if k != "stream"}
         return build_chat_request(model, messages, stream=stream or None, **params).to_body()
 
-    def build(self, client: httpx.Client | httpx.AsyncClient, method: str, path: str, deadline: float,
-              **kwargs: Any) -> httpx.Request:
+    def build(self, client: httpx.AsyncClient, method: str, path: str, deadline: float, **kwargs: Any) -> httpx.Request:
         """An httpx request with auth and timeouts no longer than the time left."""
         left = max(0.001, deadline - self.clock())
         timeout = httpx.Timeout(
@@ -123,10 +165,14 @@ class ClientCore:
             raise GLMInvalidResponseError(
                 (f"the answer exceeded max_response_bytes={limit}; aborted" if limit == self.max_response_bytes
                  else f"the download exceeded its cap of {limit} bytes; aborted"),
+                status_code=200,
                 request_id=request_id,
             )
         if self.clock() > deadline:
-            raise GLMTimeoutError(f"no complete answer within {self.timeout:g} s", request_id=request_id)
+            raise self.total_timeout(request_id)
+
+    def total_timeout(self, request_id: str | None) -> GLMTimeoutError:
+        return GLMTimeoutError(f"no complete answer within {self.timeout:g} s", request_id=request_id)
 
     def download_limit(self, raw: bool) -> int | None:
         """File downloads (raw bodies) may be larger than answers: batch output files reach 100s of MB."""
@@ -157,26 +203,44 @@ class ClientCore:
         try:
             return json.loads(content)
         except ValueError:
-            kind = response.headers.get("content-type", "unknown content type")
-            raise GLMInvalidResponseError(
-                f"GLM answered HTTP {response.status_code} with a body that is not JSON ({kind})",
-                status_code=response.status_code,
-                request_id=request_id,
-            ) from None
+            raise self._not_json(response, request_id) from None
+
+    def parse_completion_bytes(self, response: httpx.Response, content: bytes,
+                               request_id: str | None) -> ChatCompletion:
+        """A chat answer straight from its bytes (one pass: pydantic parses the JSON)."""
+        self.check_status(response, content, request_id)
+        try:
+            completion = ChatCompletion.model_validate_json(content)
+        except ValidationError as exc:
+            if any(err["type"] == "json_invalid" for err in exc.errors()):
+                raise self._not_json(response, request_id) from None
+            raise self._malformed(exc, request_id) from None
+        if not completion.choices:
+            raise GLMInvalidResponseError("GLM answered 200 without choices", status_code=200, request_id=request_id)
+        return completion
 
     def parse_completion(self, body: Any, request_id: str | None) -> ChatCompletion:
         if not isinstance(body, dict) or not body.get("choices"):
-            raise GLMInvalidResponseError(
-                "GLM answered 200 without choices", status_code=200, request_id=request_id
-            )
+            raise GLMInvalidResponseError("GLM answered 200 without choices", status_code=200, request_id=request_id)
         try:
             return ChatCompletion.model_validate(body)
         except ValidationError as exc:
-            raise GLMInvalidResponseError(
-                f"GLM answered 200 with a malformed completion ({exc.error_count()} field error(s))",
-                status_code=200,
-                request_id=request_id,
-            ) from None
+            raise self._malformed(exc, request_id) from None
+
+    @staticmethod
+    def _not_json(response: httpx.Response, request_id: str | None) -> GLMInvalidResponseError:
+        kind = response.headers.get("content-type", "unknown content type")
+        return GLMInvalidResponseError(
+            f"GLM answered HTTP {response.status_code} with a body that is not JSON ({kind})",
+            status_code=response.status_code, request_id=request_id,
+        )
+
+    @staticmethod
+    def _malformed(exc: ValidationError, request_id: str | None) -> GLMInvalidResponseError:
+        return GLMInvalidResponseError(
+            f"GLM answered 200 with a malformed completion ({exc.error_count()} field error(s))",
+            status_code=200, request_id=request_id,
+        )
 
     def transport_error(self, exc: httpx.HTTPError, request_id: str | None) -> GLMError:
         """Map an httpx failure to the error tree (the message never carries headers)."""
@@ -196,38 +260,82 @@ class ClientCore:
         return self.retry.delay(error, attempt, remaining)
 
     @staticmethod
-    def maybe_billed(error: GLMError) -> bool:
-        """Whether a failed attempt may still have been billed: it broke after the request went out."""
-        if isinstance(error, (GLMConnectionError, GLMTimeoutError)):
-            return error.status_code is None and error.request_sent
-        return isinstance(error, GLMInvalidResponseError) and error.status_code == 200
-
-    @staticmethod
     def request_id_of(kwargs: Mapping[str, Any]) -> str | None:
         body = kwargs.get("json")
         return body.get("request_id") if isinstance(body, dict) else None
 
 
-class Attempts:
-    """Bookkeeping for one call's attempts, the same in both clients."""
+def attempt_kind(error: GLMError) -> str:
+    """What an attempt's failure says about the endpoint (see :data:`AttemptObserver`)."""
+    if isinstance(error, GLMRateLimitError):
+        return "rate_limited"
+    if not error.request_sent:
+        return "unreachable"
+    if isinstance(error, GLMTimeoutError):
+        return "timeout"
+    return "lost" if error.may_have_been_billed else "error"
 
-    def __init__(self, core: ClientCore, deadline: float | None) -> None:
+
+class Attempts:
+    """The books of one call's attempts, kept the same way for every call."""
+
+    def __init__(self, core: ClientCore, deadline: float | None, *, billable: bool = False,
+                 resend_lost: bool = True) -> None:
         self.core = core
         self.deadline = deadline
+        self.billable = billable
+        self.resend_limit = core.max_billed_retries if resend_lost else 0
         self.started = core.clock()
+        self.attempt_started = self.started
         self.count = 0
         self.unknown_billing = 0
 
+    def begin(self) -> float:
+        """Start an attempt; return its deadline."""
+        self.count += 1
+        self.attempt_started = self.core.clock()
+        return self.core.attempt_deadline(self.deadline)
+
+    def succeeded(self) -> CallInfo:
+        if self.core.observer is not None:
+            self.core.observer("ok", None)
+        return self.info()
+
     def failed(self, error: GLMError) -> float:
-        """Record a failed attempt; return the wait before the next one or re-raise ``error``."""
-        self.unknown_billing += self.core.maybe_billed(error)
-        delay = self.core.retry_delay(error, self.count, self.deadline)
+        """Book a failed attempt; return the wait before the next one, or raise ``error`` with its :class:`CallInfo`.
+
+        A request that may have been billed is retried at most ``max_billed_retries`` times, and only
+        after waiting as long as the lost attempt ran, so a server still working on it is not sent a
+        second copy at once.
+        """
+        billed = self.billable and error.may_have_been_billed
+        self.unknown_billing += billed
+        if self.core.observer is not None:
+            self.core.observer(attempt_kind(error), error)
+        if billed and error.retryable and self.unknown_billing > self.resend_limit:
+            delay = None
+            error.message = _lost_again(error, self.unknown_billing, self.core.timeout)
+            error.args = (error.message,)
+        else:
+            delay = self.core.retry_delay(error, self.count, self.deadline)
+            if delay is not None and billed:
+                delay = max(delay, min(self.core.clock() - self.attempt_started, self.core.retry.retry_after_cap))
+                if self.deadline is not None and self.core.clock() + delay >= self.deadline:
+                    delay = None
         if delay is None:
+            error.call_info = self.info()
             raise error
         return delay
 
     def info(self) -> CallInfo:
         return CallInfo(self.count, self.unknown_billing, int((self.core.clock() - self.started) * 1000))
+
+
+def _lost_again(error: GLMError, lost: int, timeout: float) -> str:
+    times = "once" if lost == 1 else f"{lost} times"
+    return (f"{error.message}; the request was lost {times} after it was sent and may have been billed each "
+            f"time, so it is not sent again (raise the connection's timeout, now {timeout:g} s, if answers take "
+            "longer; the extra max_billed_retries sets how often a lost request is resent)")
 
 
 def http_options(max_connections: int) -> dict[str, Any]:

@@ -22,7 +22,7 @@ __all__ = ["ConnectionSettings", "base_url_of"]
 _KEY_EXTRAS = ("api_key", "apikey", "key", "token", "secret", "password")
 _KNOWN_EXTRAS = frozenset(
     {"model", "timeout", "connect_timeout", "read_timeout", "max_retries", "auth", "prices", "headers",
-     "max_connections", "max_response_bytes"}
+     "max_connections", "max_response_bytes", "max_billed_retries", "allow_insecure_http"}
 )
 _RESERVED_HEADERS = frozenset({"authorization", "content-type", "host", "content-length"})
 
@@ -62,7 +62,7 @@ class ConnectionSettings:
         for name in ("timeout", "connect_timeout", "read_timeout"):
             if extra.get(name) not in (None, ""):
                 options[name] = _number(conn.conn_id, name, extra[name], float)
-        for name in ("max_retries", "max_connections", "max_response_bytes"):
+        for name in ("max_retries", "max_billed_retries", "max_connections", "max_response_bytes"):
             if extra.get(name) not in (None, ""):
                 options[name] = _number(conn.conn_id, name, extra[name], int)
         if extra.get("headers"):
@@ -78,12 +78,25 @@ class ConnectionSettings:
         auth = str(extra.get("auth") or "bearer").lower()
         if auth not in ("bearer", "jwt"):
             raise ValueError(f"connection {conn.conn_id!r}: extra 'auth' must be 'bearer' or 'jwt', got {auth!r}")
+        insecure = extra.get("allow_insecure_http")
+        if insecure not in (None, "", True, False):
+            raise ValueError(f"connection {conn.conn_id!r}: extra 'allow_insecure_http' must be true or false, "
+                             f"got {insecure!r}")
+        if insecure:
+            options["allow_insecure_http"] = True
+        base_url = base_url_of(conn)
+        from airflow_provider_glm.client_core import check_base_url
+
+        try:
+            check_base_url(base_url, allow_insecure_http=bool(insecure))
+        except ValueError as exc:
+            raise ValueError(f"connection {conn.conn_id!r}: {exc}") from None
         prices = extra.get("prices")
         if prices is not None and not isinstance(prices, Mapping):
             raise ValueError(f"connection {conn.conn_id!r}: extra 'prices' must be an object of model -> price")
         return cls(
             api_key=APIKey(conn.password),
-            base_url=base_url_of(conn),
+            base_url=base_url,
             model=str(extra.get("model") or constants.DEFAULT_MODEL),
             auth=auth,
             client_options=options,
@@ -100,7 +113,7 @@ def _number(conn_id: str | None, name: str, value: Any, kind: type[int] | type[f
         what = "a whole number" if kind is int else "a finite number"
         raise ValueError(f"connection {conn_id!r}: extra {name!r} must be {what}, got {value!r}")
     number = kind(number)
-    if number < 0 or (number == 0 and name != "max_retries"):
+    if number < 0 or (number == 0 and name not in ("max_retries", "max_billed_retries")):
         raise ValueError(f"connection {conn_id!r}: extra {name!r} must be positive, got {value!r}")
     return number
 

@@ -10,6 +10,7 @@ __all__ = [
     "BIGMODEL_CODING_BASE_URL",
     "DEFAULT_BASE_URL",
     "DEFAULT_CONNECT_TIMEOUT",
+    "DEFAULT_MAX_BILLED_RETRIES",
     "DEFAULT_MAX_CONNECTIONS",
     "DEFAULT_MAX_RESPONSE_BYTES",
     "DEFAULT_MAX_RETRIES",
@@ -39,6 +40,9 @@ DEFAULT_TIMEOUT = 600.0
 """Total seconds for one attempt, headers to last byte: a trickling server cannot stretch it."""
 
 DEFAULT_MAX_RETRIES = 3
+DEFAULT_MAX_BILLED_RETRIES = 1
+"""Resends of a request that was sent and then lost (a timeout, a dropped connection, an unreadable
+answer): the server may have billed it, so it is bought again at most this often."""
 DEFAULT_MAX_CONNECTIONS = 64
 """Pool size: above any sensible ``max_concurrency`` so rows never queue on the pool."""
 DEFAULT_MAX_RESPONSE_BYTES = 32 * 1024 * 1024

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from airflow_provider_glm.auth import redact
 from airflow_provider_glm.error_codes import rule_for_code, rule_for_status
 
 __all__ = [
@@ -18,6 +19,7 @@ __all__ = [
     "GLMBadRequestError",
     "GLMBudgetExceededError",
     "GLMConnectionError",
+    "GLMEndpointUnreachableError",
     "GLMContentFilterError",
     "GLMError",
     "GLMInsufficientBalanceError",
@@ -31,6 +33,10 @@ __all__ = [
     "GLMTimeoutError",
     "error_from_response",
 ]
+
+
+_GATEWAY_MAYBE_BILLED = frozenset({500, 502, 504})
+"""Statuses without a GLM business code (a gateway's own page) after which the model may have run."""
 
 
 class GLMError(Exception):
@@ -56,6 +62,7 @@ class GLMError(Exception):
         retryable: bool | None = None,
         retry_after: float | None = None,
     ) -> None:
+        message = redact(message)
         super().__init__(message)
         self.message = message
         self.status_code = status_code
@@ -66,6 +73,19 @@ class GLMError(Exception):
         self.max_attempts: int | None = None
         self.request_sent = True
         """``False`` when the request never left (connection refused): nothing can have been billed."""
+        self.call_info: Any = None
+        """How the failed call went (:class:`~airflow_provider_glm.client_core.CallInfo`), set by the client:
+        its attempts, and how many of them may have been billed."""
+
+    @property
+    def may_have_been_billed(self) -> bool:
+        """Whether this failed attempt may still have been billed: the request was sent and no GLM error
+        answer came back (a timeout, a dropped connection, an unreadable, oversized or non-GLM answer)."""
+        if isinstance(self, (GLMConnectionError, GLMTimeoutError)):
+            return self.request_sent and self.status_code is None
+        if isinstance(self, GLMInvalidResponseError):
+            return self.status_code is not None and 200 <= self.status_code < 300
+        return isinstance(self, GLMServerError) and self.code is None and self.status_code in _GATEWAY_MAYBE_BILLED
 
     def __str__(self) -> str:
         parts = [f"HTTP {self.status_code}" if self.status_code is not None else None]
@@ -145,6 +165,10 @@ class GLMConnectionError(GLMError):
 
 class GLMInvalidResponseError(GLMError):
     """The answer was not a GLM response: HTML, malformed JSON, missing fields, or too large."""
+
+
+class GLMEndpointUnreachableError(GLMConnectionError):
+    """Several calls in a row could not reach the endpoint at all: the run stopped sending rows."""
 
 
 _CLASSES: dict[str, type[GLMError]] = {

@@ -25,6 +25,7 @@ __all__ = [
     "ToolCall",
     "Usage",
     "build_chat_request",
+    "encode_body",
 ]
 
 _FUNCTION_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
@@ -78,6 +79,13 @@ class ChatCompletionRequest(_Lenient):
     response_format: dict[str, Any] | None = None
     user_id: str | None = Field(default=None, min_length=6, max_length=128)
 
+    @field_validator("temperature", "top_p", "max_tokens", mode="before")
+    @classmethod
+    def _no_bool_numbers(cls, value: Any) -> Any:
+        if isinstance(value, bool):
+            raise ValueError(f"must be a number, not a boolean ({value})")
+        return value
+
     @field_validator("stop", mode="before")
     @classmethod
     def _stop_as_list(cls, value: Any) -> Any:
@@ -124,13 +132,26 @@ class ChatCompletionRequest(_Lenient):
         return self.model_dump(mode="json", exclude_none=True)
 
 
-def build_chat_request(model: str, messages: Any, **params: Any) -> ChatCompletionRequest:
+def encode_body(body: Any) -> bytes:
+    """The JSON bytes a request body is sent as: compact, keys sorted, UTF-8.
+
+    Sorted keys make the bytes (and so a row's fingerprint) independent of the order options were
+    given in. A lone surrogate cannot be encoded and raises :class:`UnicodeEncodeError`.
+    """
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":"), sort_keys=True).encode("utf-8")
+
+
+def build_chat_request(model: str, messages: Any, /, **params: Any) -> ChatCompletionRequest:
     """Validate a chat request, turning pydantic's report into a ``ValueError`` that names the field.
 
     :param model: the model name, e.g. ``glm-4.5``.
     :param messages: a list of ``{"role", "content", ...}`` mappings.
     :param params: any other request option (temperature, max_tokens, thinking, tools, ...).
     """
+    clashing = sorted(set(params) & {"model", "messages"})
+    if clashing:
+        raise ValueError(f"invalid chat request: {clashing} cannot be request options; "
+                         "pass the model and the messages (or prompt) as their own parameters")
     try:
         return ChatCompletionRequest(model=model, messages=messages, **params)
     except ValidationError as exc:

@@ -7,6 +7,7 @@ computed in :class:`~decimal.Decimal`; an unknown model has an unknown cost (``N
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
@@ -15,7 +16,7 @@ from importlib.resources import files
 from types import MappingProxyType
 from typing import Any
 
-__all__ = ["BATCH_DISCOUNT", "Price", "PriceTable", "compute_cost"]
+__all__ = ["BATCH_DISCOUNT", "DEFAULT_OUTPUT_LIMIT", "Price", "PriceTable", "Pricer", "compute_cost"]
 
 BATCH_DISCOUNT = Decimal("0.5")
 """Multiplier for batch requests (50% of the online price)."""
@@ -24,7 +25,9 @@ _PRICES_RESOURCE = "prices.json"
 _TOKENS_PER_UNIT = Decimal(1_000_000)
 _COST_QUANTUM = Decimal("1e-10")
 _PRICE_FIELDS = ("input", "cached_input", "output")
-_ALLOWED_FIELDS = frozenset((*_PRICE_FIELDS, "currency", "as_of"))
+_ALLOWED_FIELDS = frozenset((*_PRICE_FIELDS, "currency", "as_of", "max_output_tokens"))
+DEFAULT_OUTPUT_LIMIT = 131_072
+"""The longest answer assumed for a model without a known ``max_output_tokens``."""
 
 _default_lock = threading.Lock()
 _default_table: PriceTable | None = None
@@ -39,6 +42,7 @@ class Price:
     :param output: price of a completion token (reasoning included), per 1M tokens.
     :param currency: ISO currency code, e.g. ``USD`` or ``CNY``.
     :param as_of: ISO date the price was captured, or ``None`` for an undated override.
+    :param max_output_tokens: the longest answer the model gives (``None``: the table's default).
     """
 
     input: Decimal
@@ -46,6 +50,7 @@ class Price:
     output: Decimal
     currency: str
     as_of: str | None
+    max_output_tokens: int | None = None
 
 
 def _normalize_model(model: str) -> str:
@@ -88,8 +93,10 @@ def _merge_price(model: str, base: Price | None, spec: Any, default_as_of: str |
     amounts = {name: _to_decimal(model, name, spec[name]) for name in _PRICE_FIELDS if name in spec}
     currency = _to_text(model, "currency", spec["currency"]) if "currency" in spec else None
     as_of = _to_text(model, "as_of", spec["as_of"]) if "as_of" in spec else default_as_of
+    limit = _to_limit(model, spec["max_output_tokens"]) if "max_output_tokens" in spec else None
     if base is not None:
-        return replace(base, **amounts, currency=currency or base.currency, as_of=as_of)
+        return replace(base, **amounts, currency=currency or base.currency, as_of=as_of,
+                       max_output_tokens=limit or base.max_output_tokens)
     missing = [name for name in ("input", "output") if name not in amounts]
     if missing:
         raise ValueError(
@@ -101,7 +108,14 @@ def _merge_price(model: str, base: Price | None, spec: Any, default_as_of: str |
         output=amounts["output"],
         currency=(currency or "USD").upper(),
         as_of=as_of,
+        max_output_tokens=limit,
     )
+
+
+def _to_limit(model: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"price of model {model!r}: 'max_output_tokens' must be a positive integer, got {value!r}")
+    return value
 
 
 class PriceTable:
@@ -113,7 +127,8 @@ class PriceTable:
     """
 
     def __init__(
-        self, prices: Mapping[str, Price], as_of: str | None = None, source: str | None = None
+        self, prices: Mapping[str, Price], as_of: str | None = None, source: str | None = None,
+        default_output_limit: int = DEFAULT_OUTPUT_LIMIT,
     ) -> None:
         normalized: dict[str, Price] = {}
         for model, price in prices.items():
@@ -126,6 +141,7 @@ class PriceTable:
         self._prices: Mapping[str, Price] = MappingProxyType(normalized)
         self.as_of = as_of
         self.source = source
+        self.default_output_limit = default_output_limit
 
     @classmethod
     def from_json(cls, text: str) -> PriceTable:
@@ -141,12 +157,18 @@ class PriceTable:
             raise ValueError("price table must be a JSON object with a 'models' object")
         as_of = document.get("as_of")
         source = document.get("source")
+        limits = document.get("output_limits") or {}
         prices: dict[str, Price] = {}
         for model, spec in document["models"].items():
             if isinstance(spec, Mapping) and "currency" not in spec:
                 raise ValueError(f"price of model {model!r}: field 'currency' is required in a price table")
-            prices[model] = _merge_price(model, None, spec, as_of if isinstance(as_of, str) else None)
-        return cls(prices, as_of=as_of if isinstance(as_of, str) else None, source=source)
+            price = _merge_price(model, None, spec, as_of if isinstance(as_of, str) else None)
+            if model in limits and price.max_output_tokens is None:
+                price = replace(price, max_output_tokens=_to_limit(model, limits[model]))
+            prices[model] = price
+        default_limit = _to_limit("default", limits.get("default", DEFAULT_OUTPUT_LIMIT))
+        return cls(prices, as_of=as_of if isinstance(as_of, str) else None, source=source,
+                   default_output_limit=default_limit)
 
     @classmethod
     def default(cls) -> PriceTable:
@@ -181,7 +203,8 @@ class PriceTable:
             if not key:
                 raise ValueError(f"price overrides: model name must be a non-empty string, got {model!r}")
             prices[key] = _merge_price(key, prices.get(key), spec, None)
-        return PriceTable(prices, as_of=self.as_of, source=self.source)
+        return PriceTable(prices, as_of=self.as_of, source=self.source,
+                          default_output_limit=self.default_output_limit)
 
     def lookup(self, model: str | None) -> Price | None:
         """The price of ``model`` (case-insensitive, surrounding whitespace ignored), or ``None``.
@@ -191,6 +214,11 @@ class PriceTable:
         if not isinstance(model, str):
             return None
         return self._prices.get(_normalize_model(model))
+
+    def output_limit(self, model: str | None) -> int:
+        """The longest answer ``model`` can give: its ``max_output_tokens``, else the table's default."""
+        price = self.lookup(model)
+        return price.max_output_tokens if price and price.max_output_tokens else self.default_output_limit
 
     def models(self) -> tuple[str, ...]:
         """The (lower-cased) model names in the table, sorted."""
@@ -248,3 +276,64 @@ def compute_cost(
         return None
     total = (prompt - cached) * price.input + cached * price.cached_input + completion * price.output
     return (total / _TOKENS_PER_UNIT * factor).quantize(_COST_QUANTUM, rounding=ROUND_HALF_EVEN)
+
+
+class Pricer:
+    """Prices one run's calls: answers whose usage came back, and the bound of attempts whose usage did not.
+
+    :param table: the price table (packaged, then the connection's and the task's overrides).
+    :param model: the model the run asks for; its price applies when an answer names an unpriced model.
+    :param discount: multiplier on the list price (:data:`BATCH_DISCOUNT` for batch requests).
+    :param log: receives one warning per model without a price, the first time it is needed.
+    """
+
+    def __init__(self, table: PriceTable, model: str, discount: Decimal = Decimal(1),
+                 log: logging.Logger | Any = None) -> None:
+        self.table = table
+        self.model = model
+        self.discount = discount
+        self.log = log or logging.getLogger(__name__)
+        self._warned: set[str] = set()
+
+    def cost(self, answered_model: str | None, prompt: int, completion: int,
+             cached: int = 0) -> tuple[Decimal | None, str | None]:
+        """Cost and currency of one answer, priced by the model it names, else by the model asked for."""
+        price = self.table.lookup(answered_model) or self.table.lookup(self.model)
+        if price is None:
+            self._warn(answered_model or self.model)
+            return None, None
+        return compute_cost(price, prompt, completion, cached, self.discount), price.currency
+
+    def bound(self, prompt_bound: int, max_tokens: int | None, attempts: int = 1) -> tuple[int, Decimal | None]:
+        """Upper bound of the tokens and cost of ``attempts`` attempts of one request whose usage never came back.
+
+        :param prompt_bound: upper bound of the request's prompt tokens.
+        :param max_tokens: the request's ``max_tokens``; ``None`` uses the model's output limit.
+        :param attempts: how many attempts may have been billed.
+        """
+        if attempts <= 0:
+            return 0, None
+        output = max_tokens or self.table.output_limit(self.model)
+        price = self.table.lookup(self.model)
+        if price is None:
+            self._warn(self.model)
+            cost = None
+        else:
+            cost = compute_cost(price, attempts * prompt_bound, attempts * output, 0, self.discount)
+        return attempts * (prompt_bound + output), cost
+
+    @property
+    def currency(self) -> str | None:
+        """The currency of the asked model's price (``None`` when it has none)."""
+        price = self.table.lookup(self.model)
+        return price.currency if price else None
+
+    def _warn(self, model: str) -> None:
+        if model.lower() in self._warned:
+            return
+        self._warned.add(model.lower())
+        self.log.warning(
+            "Model %r has no price in the price table (as of %s): its cost is recorded as unknown (NULL). "
+            "Add it with the task's `prices` or the connection's `prices` extra; see docs/connections.md#prices.",
+            model, self.table.as_of,
+        )

@@ -1,13 +1,19 @@
-"""The online row engine: many rows through async clients at bounded concurrency.
+"""The row engine: prepared requests through async clients at an adaptive concurrency.
 
-:class:`RowRunner` dispatches rendered rows to GLM with at most ``max_concurrency`` in flight and
-hands every outcome to a :class:`~airflow_provider_glm.recording.RunRecorder`. It stops
-dispatching at a budget, a deadline or an account-wide error, and logs progress at a steady pace.
+:class:`RowRunner` reads chunks of prepared requests, settles what needs no call (rows already
+``ok`` in this run, rows an earlier run answered identically), and sends the rest with at most
+:class:`~airflow_provider_glm.concurrency.AdaptiveLimit` rows in flight. Every outcome goes to the
+:class:`~airflow_provider_glm.run_state.RunState` and the
+:class:`~airflow_provider_glm.writer.RecordWriter`. It stops sending at an account error, a
+database that gave up, the deadline, a budget, an unreachable endpoint or a bad input row, and logs
+progress at a steady pace.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import datetime
 import logging
 import time
 from collections.abc import Sequence
@@ -15,148 +21,196 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
+from airflow_provider_glm import outcomes
 from airflow_provider_glm.exceptions import GLMError
+from airflow_provider_glm.row_sources import InputError
 
 if TYPE_CHECKING:
     from airflow_provider_glm.client import AsyncGLMClient
+    from airflow_provider_glm.concurrency import AdaptiveLimit, CircuitBreaker
     from airflow_provider_glm.models import ChatCompletion
-    from airflow_provider_glm.recording import RunRecorder, RunTotals
-    from airflow_provider_glm.rendering import Row
+    from airflow_provider_glm.outcomes import Outcome, OutcomeRules
+    from airflow_provider_glm.rendering import PreparedRequest
+    from airflow_provider_glm.row_sources import RequestChunks
+    from airflow_provider_glm.run_state import RunState
+    from airflow_provider_glm.sinks.sql import SQLSink
+    from airflow_provider_glm.writer import RecordWriter
 
-__all__ = ["RowRunner", "RunLimits"]
+__all__ = ["RowRunner", "RunLimits", "settle"]
 
 
 @dataclass(frozen=True)
 class RunLimits:
     """Bounds on one run.
 
-    :param max_concurrency: requests in flight at once (async API: tasks submitted and not yet done).
     :param api: ``online`` or ``async``.
     :param async_poll_interval: seconds between polls of an async task.
-    :param max_total_tokens: stop dispatching once the scope's ledger reaches this many tokens.
-    :param max_cost: stop dispatching once the scope's ledger reaches this cost.
+    :param max_total_tokens: stop sending once the scope's known tokens, plus the bound of possibly billed
+        ones, reach this.
+    :param max_cost: the same for cost.
     :param deadline: ``time.monotonic()`` instant after which nothing new starts.
     :param progress_interval: seconds between progress lines.
+    :param reuse_unchanged: answer a row from an earlier run's identical request instead of asking again.
     """
 
-    max_concurrency: int = 8
     api: str = "online"
-    """``online`` (chat completions) or ``async`` (submit, then poll the async result)."""
     async_poll_interval: float = 2.0
     max_total_tokens: int | None = None
     max_cost: Decimal | None = None
     deadline: float | None = None
     progress_interval: float = 5.0
+    reuse_unchanged: bool = True
 
 
 class RowRunner:
-    """Runs rows to completion. One instance per task try.
+    """Runs one task try's rows to completion.
 
-    :param clients: async clients, one per group of workers (owned by the caller). httpx's
-        connection pool scans every connection per request, so several small pools beat one large one.
-    :param model: model name sent with every row.
-    :param request_params: other request options, validated before the run.
-    :param template: renders a row's messages.
-    :param recorder: records outcomes and writes them.
-    :param limits: concurrency, budget, deadline, pacing.
+    :param clients: async clients, each shared by a group of workers (owned by the caller). httpx's pool
+        scans every connection per request, so several small pools beat one large one.
+    :param workers: how many workers (the most rows that can ever be in flight).
+    :param limit: the adaptive limit the workers take slots from.
+    :param breaker: stops sending when the endpoint cannot be reached.
+    :param since: when this process's run started (a row it wrote since then and reads again is a duplicate).
     """
 
-    def __init__(self, *, clients: Sequence[AsyncGLMClient], model: str, request_params: dict[str, Any],
-                 template: Any, recorder: RunRecorder, limits: RunLimits,
-                 log: Any = None) -> None:
+    def __init__(self, *, clients: Sequence[AsyncGLMClient], workers: int, rules: OutcomeRules, state: RunState,
+                 writer: RecordWriter, sink: SQLSink | None, limits: RunLimits, limit: AdaptiveLimit,
+                 breaker: CircuitBreaker, since: datetime.datetime, log: Any = None) -> None:
         self.clients = clients
-        self.model = model
-        self.params = request_params
-        self.template = template
-        self.recorder = recorder
+        self.workers = workers
+        self.rules = rules
+        self.state = state
+        self.writer = writer
+        self.sink = sink
         self.limits = limits
+        self.limit = limit
+        self.breaker = breaker
+        self.since = since
         self.log = log or logging.getLogger(__name__)
         self._started = time.monotonic()
+        self._logged_changes = 0
+        self._in_memory = True
+        self._reader = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="glm-source")
 
-    async def run(self, rows: Sequence[Row]) -> RunTotals:
-        """Send every row not already ``ok`` in the sink; return the totals once all is written."""
-        todo = set(await self.recorder.resume([row.key for row in rows]))
-        queue = iter([row for row in rows if row.key in todo])
+    async def run(self, source: RequestChunks) -> None:
+        """Send every row that needs a call; return once every outcome is written."""
+        queue: asyncio.Queue[PreparedRequest | None] = asyncio.Queue(maxsize=max(self.workers * 2, 64))
         progress = asyncio.create_task(self._progress())
-        count = max(1, self.limits.max_concurrency)
+        workers = [asyncio.create_task(self._worker(queue, self.clients[i * len(self.clients) // self.workers]))
+                   for i in range(self.workers)]
         try:
-            workers = [
-                asyncio.create_task(self._worker(queue, self.clients[i * len(self.clients) // count]))
-                for i in range(count)
-            ]
+            await self._produce(source, queue)
+            for _ in workers:
+                await queue.put(None)
             await asyncio.gather(*workers)
         finally:
+            for task in workers:
+                task.cancel()
             progress.cancel()
-            await self.recorder.flush(force=True)
-        if self.recorder.truncated and not self.recorder.fail_on_truncation:
+            self._reader.shutdown(wait=False)
+            await self.writer.flush()
+        if self.state.count("truncated") and not self.rules.fail_on_truncation:
             self.log.warning("%d answers were cut short (finish_reason length or model_context_window_exceeded).",
-                             self.recorder.truncated)
+                             self.state.count("truncated"))
         self._log_progress(final=True)
-        return self.recorder.totals
 
-    def _stop(self) -> tuple[str, str] | None:
-        """``(kind, reason)`` when no new row may start, else ``None``."""
-        recorder, limits, totals = self.recorder, self.limits, self.recorder.totals
-        if recorder.fatal is not None:
-            return "fatal", f"not sent: {type(recorder.fatal).__name__}: {recorder.fatal}"
-        if recorder.write_error is not None:
+    # --- reading and settling rows -------------------------------------------------------------------
+
+    async def _produce(self, source: RequestChunks, queue: asyncio.Queue[PreparedRequest | None]) -> None:
+        self._in_memory = source.in_memory
+        chunks = source.chunks()
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                if self.state.stopped is not None and not source.in_memory:
+                    break  # a streamed source is not read past a stop
+                try:
+                    chunk = await loop.run_in_executor(self._reader, next, chunks, None)
+                except InputError as exc:
+                    self.state.stop("input", f"not sent: {exc}")
+                    break
+                if chunk is None:
+                    break
+                for request in await self._settle(chunk):
+                    await queue.put(request)
+        finally:
+            await loop.run_in_executor(self._reader, source.close)
+
+    async def _settle(self, chunk: list[PreparedRequest]) -> list[PreparedRequest]:
+        return await settle(chunk, rules=self.rules, state=self.state, writer=self.writer, sink=self.sink,
+                            reuse=self.limits.reuse_unchanged, since=None if self._in_memory else self.since)
+
+    # --- sending rows ----------------------------------------------------------------------------------
+
+    def _stop_reason(self) -> tuple[str, str] | None:
+        state, limits = self.state, self.limits
+        if state.stopped is not None:
+            return state.stopped
+        fatal = state.fatal
+        if fatal is not None:
+            return "fatal", f"not sent: {type(fatal).__name__}: {fatal}"
+        if self.writer.error is not None:
             # The sink gave up: an answer now could not be recorded, and a rerun would buy it again.
-            return "sink", f"not sent: results could not be written ({type(recorder.write_error).__name__})"
+            return "sink", f"not sent: results could not be written ({type(self.writer.error).__name__})"
+        if self.breaker.open_reason is not None:
+            return "unreachable", self.breaker.open_reason
         if limits.deadline is not None and time.monotonic() >= limits.deadline:
             return "deadline", "not sent: the task's execution_timeout was reached"
-        spent_tokens = totals.spent_before_tokens + totals.total_tokens
-        if limits.max_total_tokens is not None and spent_tokens >= limits.max_total_tokens:
-            limit = limits.max_total_tokens
-            return "budget", f"not sent: budget max_total_tokens={limit} reached ({spent_tokens} spent)"
-        if limits.max_cost is not None:
-            spent_cost = (totals.spent_before_cost or Decimal(0)) + (totals.cost or Decimal(0))
-            if spent_cost >= limits.max_cost:
-                return "budget", f"not sent: budget max_cost={limits.max_cost} reached ({spent_cost:.6f} spent)"
-        return None
+        budget = state.budget_exceeded(limits.max_total_tokens, limits.max_cost)
+        return ("budget", budget) if budget else None
 
-    async def _worker(self, queue: Any, client: AsyncGLMClient) -> None:
-        totals = self.recorder.totals
-        for row in queue:
-            stop = self._stop()
+    async def _worker(self, queue: asyncio.Queue[PreparedRequest | None], client: AsyncGLMClient) -> None:
+        rules = self.rules
+        while (request := await queue.get()) is not None:
+            stop = self._stop_reason()
             if stop is not None:
-                if totals.stop_kind is None:
-                    totals.stop_kind, totals.stop_reason = stop
-                await self.recorder.skipped(row.key, stop[1])
+                self.state.stop(*stop)
+                await self._record(outcomes.skipped(rules, request.key, stop[1]))
                 continue
-            messages = self.template.render(row)
+            if request.unsendable:
+                await self._record(outcomes.not_answered(rules, request.key, InputError(request.unsendable),
+                                                         fingerprint=request.fingerprint))
+                continue
+            await self.limit.acquire()
             try:
-                if self.limits.api == "async":
-                    completion = await self._ask_async(client, messages)
-                else:
-                    completion = await client.chat_completion(
-                        self.model, messages, deadline=self.limits.deadline, **self.params
-                    )
+                completion = await self._ask(client, request)
             except GLMError as exc:
-                await self.recorder.error(row.key, exc)
-                continue
-            except UnicodeEncodeError as exc:
-                # A lone surrogate in the row's text cannot be sent as UTF-8 JSON: fail this row only.
-                await self.recorder.failed(
-                    row.key, f"the row's text is not valid Unicode and cannot be sent ({exc.reason} at "
-                             f"position {exc.start} of the request body); nothing was sent or billed")
-                continue
-            await self.recorder.completion(row.key, completion)
+                outcome = outcomes.call_failed(rules, request, exc)
+            else:
+                outcome = outcomes.answered(rules, request, completion)
+                if completion.usage is None:
+                    self.log.warning("GLM answered row %s without usage (response %s): it was billed, but its tokens "
+                                     "are unknown; the ledger records it as billing='unknown' with an upper bound.",
+                                     request.key, completion.id)
+            finally:
+                self.limit.release()
+            await self._record(outcome)
 
-    async def _ask_async(self, client: AsyncGLMClient, messages: list[dict[str, Any]]) -> ChatCompletion:
-        """Submit through the async API and poll until the task succeeds or fails."""
-        from airflow_provider_glm.batch_api import AsyncBatchAPI, AsyncTask, get_async_result, submit_async_chat
-        from airflow_provider_glm.models import build_chat_request
+    async def _record(self, outcome: Outcome, *, flush: bool = True) -> None:
+        self.state.add(outcome)
+        self.writer.add(outcome)
+        if flush:
+            await self.writer.flush()
 
-        api = AsyncBatchAPI(client)
+    async def _ask(self, client: AsyncGLMClient, request: PreparedRequest) -> ChatCompletion:
+        if self.limits.api != "async":
+            return await client.send_chat(request.body, deadline=self.limits.deadline)
+        from airflow_provider_glm.batch_api import get_async_result, submit_async_chat
+
         deadline = self.limits.deadline
-        body = build_chat_request(self.model, messages, **self.params).to_body()
-        task: AsyncTask = await api(submit_async_chat(body), deadline=deadline)
+        task, submitted = await client.call_with_info(submit_async_chat(request.body), deadline=deadline)
         while task.task_status == "PROCESSING":
             await asyncio.sleep(self.limits.async_poll_interval)
-            task = await api(get_async_result(task.id), deadline=deadline)
+            task = await client.call(get_async_result(task.id), deadline=deadline)
         if task.task_status != "SUCCESS":
-            raise task.failure()
-        return task.completion()
+            error = task.failure()
+            error.call_info = submitted
+            raise error
+        completion = task.completion()
+        completion._call_info = submitted
+        return completion
+
+    # --- progress --------------------------------------------------------------------------------------
 
     async def _progress(self) -> None:
         while True:
@@ -164,15 +218,61 @@ class RowRunner:
             self._log_progress()
 
     def _log_progress(self, *, final: bool = False) -> None:
-        t = self.recorder.totals
+        changes = self.limit.changes[self._logged_changes:]
+        if changes:
+            self._logged_changes += len(changes)
+            first, last = changes[0], changes[-1]
+            self.log.info("Concurrency limit %d -> %d over %d change(s) (last: %s); max_concurrency %d.",
+                          first[1], last[2], len(changes), last[3], self.limit.maximum)
+        state = self.state
         elapsed = max(1e-6, time.monotonic() - self._started)
-        rate = t.done / elapsed
-        todo = t.rows - t.resumed - t.done
+        sent = state.done - state.count("resumed") - state.count("reused")
+        rate = sent / elapsed
+        todo = state.count("seen") - state.done
         eta = f"{todo / rate:.0f} s" if rate > 0 and todo > 0 else "-"
-        cost = f"{t.cost:.6f} {t.currency}" if t.cost is not None else "unknown"
-        self.log.info(
-            "%s rows %d/%d (ok %d, failed %d, filtered %d, skipped %d, resumed %d); tokens %d; cost %s; "
-            "%.1f rows/s; ETA %s",
-            "Done:" if final else "Progress:", t.done + t.resumed, t.rows, t.ok, t.failed, t.filtered,
-            t.skipped, t.resumed, t.total_tokens, cost, rate, eta,
-        )
+        extra = f"; in flight {self.limit.in_flight}, limit {self.limit.limit}/{self.limit.maximum}"
+        self.log.info(state.progress_line(final=final, rate=rate, eta=eta, extra=extra))
+
+
+async def settle(chunk: list[PreparedRequest], *, rules: OutcomeRules, state: RunState, writer: RecordWriter,
+                 sink: SQLSink | None, reuse: bool, since: datetime.datetime | None) -> list[PreparedRequest]:
+    """Record the rows of ``chunk`` that need no call; return the others, in order.
+
+    A row already ``ok`` in this task instance (an earlier try) is resumed: counted, not written again.
+    With ``reuse``, a row whose row key and fingerprint match an ``ok`` result of an earlier run of the
+    same DAG and task is answered from it, at no cost. For a streamed source (``since`` given; a list is
+    checked before any call), a row key seen twice (in this chunk, still being written, or written by this
+    process at or after ``since``) stops the run (``input``).
+    """
+    state.saw(len(chunk))
+    for request in chunk:
+        state.order(request.key)
+    if sink is None or not chunk:
+        return chunk
+    keys = [r.key for r in chunk]
+    busy = {key for key in keys if writer.pending(key)}
+    stored = await asyncio.to_thread(sink.this_run, rules.scope, keys)
+    todo = [r for r in chunk if r.key not in stored or stored[r.key]["status"] != "ok"]
+    earlier: dict[str, dict[str, Any]] = {}
+    if reuse and todo:
+        earlier = await asyncio.to_thread(sink.earlier_answers, rules.scope, {r.key: r.fingerprint for r in todo})
+    send: list[PreparedRequest] = []
+    seen: set[str] = set()
+    for request in chunk:
+        row = stored.get(request.key)
+        if since is not None and (request.key in seen or request.key in busy
+                                  or (row is not None and row["updated_at"] >= since)):
+            state.stop("input", f"not sent: the row key {request.key!r} appears twice in the input; "
+                                "row_key must identify one row")
+            break
+        seen.add(request.key)
+        if row is not None and row["status"] == "ok":
+            state.add(outcomes.resumed(rules, request.key, row))
+        elif request.key in earlier:
+            outcome = outcomes.reused(rules, request, earlier[request.key])
+            state.add(outcome)
+            writer.add(outcome)
+        else:
+            send.append(request)
+    await writer.flush()
+    return send

@@ -29,27 +29,29 @@ class SSEDecoder:
     """
 
     def __init__(self, request_id: str | None = None) -> None:
-        self._buffer = b""
+        self._buffer = bytearray()
+        self._scanned = 0
         self._data: list[str] = []
         self.request_id = request_id
         self.done = False
 
     def feed(self, data: bytes) -> list[Any]:
-        """Consume bytes; return the chunks (and :data:`DONE`) whose events completed."""
+        """Consume bytes; return the chunks (and :data:`DONE`) whose events completed.
+
+        Only the unfinished last line stays buffered, so a long event costs linear time.
+        """
         self._buffer += data
         out: list[Any] = []
-        while True:
-            newline = self._buffer.find(b"\n")
-            if newline < 0:
-                return out
-            raw = self._buffer[:newline].rstrip(b"\r")
+        start = 0
+        while (newline := self._buffer.find(b"\n", max(start, self._scanned))) >= 0:
+            raw = bytes(self._buffer[start:newline]).rstrip(b"\r")
+            start = newline + 1
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError:
                 raise GLMInvalidResponseError(
                     "a stream line was not valid UTF-8", status_code=200, request_id=self.request_id
                 ) from None
-            self._buffer = self._buffer[newline + 1 :]
             if not line:
                 if self._data:
                     out.append(self._event("\n".join(self._data)))
@@ -58,6 +60,9 @@ class SSEDecoder:
                 continue
             elif line.startswith("data:"):
                 self._data.append(line[5:].removeprefix(" "))
+        del self._buffer[:start]
+        self._scanned = len(self._buffer)  # no newline in what is left: the next search starts after it
+        return out
 
     def close(self) -> list[Any]:
         """Flush a final event that lacked its blank line; raise if the stream never said ``[DONE]``."""

@@ -1,10 +1,12 @@
-"""The main job, offline: nightly summaries of warehouse rows, then the token-spend report.
+"""The main job, offline: three nights of warehouse summaries, then the token-spend report.
 
 ``make demo`` runs this. It prepares a private Airflow home under ``.airflow/``, seeds an embedded
-SQLite warehouse with product reviews, starts the local GLM-compatible server (no key needed),
-runs the ``glm_nightly_summary`` and ``glm_spend_report`` DAGs with ``airflow dags test``, and
-prints the summaries and the spend table. With ``AIRFLOW_CONN_GLM_DEFAULT`` already set to a real
-connection, the same DAGs call the real API instead (and bill it).
+SQLite warehouse with product reviews, starts the local GLM-compatible server (no key needed) and
+runs ``glm_nightly_summary`` with ``airflow dags test`` for three nights: the first asks every
+review, the second reuses every answer (no request, no cost), and after a few reviews change, the
+third asks only those. Then it runs ``glm_spend_report`` and prints the answers and the spend table.
+With ``AIRFLOW_CONN_GLM_DEFAULT`` already set to a real connection, the same DAGs call the real API
+instead (and bill it).
 """
 
 from __future__ import annotations
@@ -67,6 +69,24 @@ def run(cmd: list[str], env: dict[str, str], log: Path) -> None:
         sys.exit(f"{' '.join(cmd[1:])} failed; its log is {log.relative_to(REPO)}")
 
 
+NIGHTS = ("2026-11-28", "2026-11-29", "2026-11-30")
+CHANGED = 5
+
+
+def change_reviews(warehouse: Path, count: int) -> list[int]:
+    """Edit ``count`` reviews, as a day of customer edits would."""
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(f"sqlite:///{warehouse}")
+    ids = list(range(3, 3 + 7 * count, 7))
+    with engine.begin() as conn:
+        for review_id in ids:
+            conn.execute(sa.text("UPDATE reviews SET body = body || ' Update: still works after a month.' "
+                                 "WHERE id = :id"), {"id": review_id})
+    engine.dispose()
+    return ids
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rows", type=int, default=300, help="reviews to seed (default 300)")
@@ -95,8 +115,14 @@ def main() -> None:
         )
         print(f"Local GLM server at {server.base_url} ({args.latency * 1000:.0f} ms per answer).", flush=True)
     try:
-        print("Running glm_nightly_summary ...", flush=True)
-        run([AIRFLOW, "dags", "test", "glm_nightly_summary"], env, logs / "glm_nightly_summary.log")
+        for number, night in enumerate(NIGHTS, start=1):
+            if number == 3:
+                ids = change_reviews(warehouse, CHANGED)
+                print(f"Edited {len(ids)} reviews in the warehouse (ids {', '.join(map(str, ids))}).", flush=True)
+            asked = server.stats.requests if server is not None else None
+            print(f"Night {number} ({night}): running glm_nightly_summary ...", flush=True)
+            run([AIRFLOW, "dags", "test", "glm_nightly_summary", night], env, logs / f"glm_nightly_summary-{night}.log")
+            night_line(warehouse, night, None if server is None or asked is None else server.stats.requests - asked)
         print("Running glm_spend_report ...", flush=True)
         run([AIRFLOW, "dags", "test", "glm_spend_report"], env, logs / "glm_spend_report.log")
     finally:
@@ -105,17 +131,32 @@ def main() -> None:
     report(warehouse, server)
 
 
-def report(warehouse: Path, server: object | None) -> None:
+def night_line(warehouse: Path, night: str, requests: int | None) -> None:
+    """One line per night from the runs table: what was asked, what was reused, what it cost."""
     from airflow_provider_glm.sinks.sql import SQLSink
 
     sink = SQLSink.from_url(f"sqlite:///{warehouse}", results_table="review_summaries")
-    results = sink.results()
-    by_status: dict[str, int] = {}
-    for row in results:
-        by_status[row["status"]] = by_status.get(row["status"], 0) + 1
-    print(f"\nSummaries in review_summaries: {len(results)} rows {by_status}")
-    for row in sorted(results, key=lambda r: int(r["row_key"]))[:5]:
-        print(f"  review {row['row_key']:>4}: {' '.join(row['content'].split())[:110]}")
+    try:
+        run = next(r for r in reversed(sink.runs()) if str(r["logical_date"])[:10] == night)
+    finally:
+        sink.dispose()
+    cost = "unknown" if run["cost"] is None else f"{run['cost']:.6f} {run['currency']}"
+    asked = f"{requests} requests" if requests is not None else "requests: see the ledger"
+    print(f"  {run['rows']} rows: {run['ok']} ok ({run['reused']} reused), {run['failed']} failed; {asked}; "
+          f"{run['total_tokens']} tokens; cost {cost}", flush=True)
+
+
+def report(warehouse: Path, server: object | None) -> None:
+    from airflow_provider_glm.sinks.sql import SQLSink
+    sink = SQLSink.from_url(f"sqlite:///{warehouse}", results_table="review_summaries")
+    import sqlalchemy as sa
+
+    with sink.engine.connect() as conn:
+        latest = conn.execute(sa.text("SELECT row_key, sentiment, summary, run_id, reused_from_run_id "
+                                      "FROM review_summaries_latest ORDER BY CAST(row_key AS INTEGER) LIMIT 5")).all()
+    print("\nThe current answer per review (review_summaries_latest, typed columns sentiment and summary):")
+    for row in latest:
+        print(f"  review {row.row_key:>4}: {row.sentiment:<8} {' '.join(str(row.summary).split())[:90]}")
     print("\nToken spend per day, DAG and model (glm_usage):")
     print(f"  {'day':<10}  {'dag_id':<22}  {'model':<10}  {'calls':>6}  {'tokens':>8}  {'cost':>14}")
     for r in sink.spend_report():

@@ -5,7 +5,7 @@ Two blocks are generated, each between its markers:
 * ``<!-- codes:start -->`` ... ``<!-- codes:end -->``: the business-code table
   (:data:`airflow_provider_glm.error_codes.CODE_TABLE`) and the HTTP-status rules used when a body
   carries no known code (:func:`~airflow_provider_glm.error_codes.rule_for_status`), each with what
-  ``GLMChatOperator`` does with the resulting error (:data:`airflow_provider_glm.recording.FATAL_ERRORS`).
+  ``GLMChatOperator`` does with the resulting error (:data:`airflow_provider_glm.outcomes.FATAL_ERRORS`).
 * ``<!-- retry:start -->`` ... ``<!-- retry:end -->``: the defaults of
   :class:`~airflow_provider_glm.retry.RetryPolicy`.
 
@@ -33,7 +33,7 @@ BLOCKS = ("codes", "retry")
 
 def _operator_action(class_name: str) -> str:
     """What ``GLMChatOperator`` does with a row whose call ended in this error class."""
-    from airflow_provider_glm.recording import FATAL_ERRORS
+    from airflow_provider_glm.outcomes import FATAL_ERRORS
 
     cls = getattr(exceptions, class_name)
     if issubclass(cls, FATAL_ERRORS):

@@ -18,6 +18,10 @@ from typing import Any
 
 import pytest
 
+pytest_plugins = ["airflow_provider_glm.testing.pytest_plugin"]
+"""The GLM test server's ``glm_server`` fixture: opt-in, as it is for users (the package registers no
+pytest entry point)."""
+
 REPO = Path(__file__).resolve().parent.parent
 _HOME = tempfile.mkdtemp(prefix="glm-airflow-home-")
 atexit.register(shutil.rmtree, _HOME, ignore_errors=True)

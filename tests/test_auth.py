@@ -83,7 +83,7 @@ def test_jwt_mode_needs_id_dot_secret(key: str) -> None:
 def test_make_jwt_claims_in_milliseconds() -> None:
     token = make_jwt(PAIR_KEY, now=1_700_000_000.25, ttl_seconds=210)
     header, payload = decode(f"Bearer {token}")
-    assert header == {"alg": "HS256", "sign_type": "SIGN"}
+    assert header == {"alg": "HS256", "sign_type": "SIGN", "typ": "JWT"}
     assert payload == {"api_key": KEY_ID, "timestamp": 1_700_000_000_250, "exp": 1_700_000_210_250}
 
 
@@ -158,7 +158,7 @@ def test_jwt_sent_and_accepted(glm_server: GLMTestServer, mode: str) -> None:
     assert [r.status for r in glm_server.requests] == [200, 200]
     assert sent[0] == sent[1], "the token is cached between calls"
     header, payload = decode(sent[0])
-    assert header == {"alg": "HS256", "sign_type": "SIGN"}
+    assert header == {"alg": "HS256", "sign_type": "SIGN", "typ": "JWT"}
     assert set(payload) == {"api_key", "exp", "timestamp"}
     assert payload["api_key"] == KEY_ID
     assert before - 1 <= payload["timestamp"] <= after + 1
@@ -175,7 +175,7 @@ def test_bearer_mode_with_pair_key_sends_the_key(glm_server: GLMTestServer) -> N
 
 def jwt_client(srv: GLMTestServer, clock: FakeClock, sleeps: list[float]) -> GLMClient:
     client = GLMClient(PAIR_KEY, base_url=srv.base_url, auth="jwt", sleep=sleeps.append)
-    client._core.credentials = Credentials(APIKey(PAIR_KEY), "jwt", clock=clock)
+    client.core.credentials = Credentials(APIKey(PAIR_KEY), "jwt", clock=clock)
     return client
 
 
@@ -185,7 +185,7 @@ def test_1003_re_signs_once(glm_server: GLMTestServer) -> None:
     sleeps: list[float] = []
     glm_server.script(Fault.error(401, "1003"))
     with jwt_client(glm_server, clock, sleeps) as client:
-        first_token = client._core.credentials.authorization()
+        first_token = client.core.credentials.authorization()
         clock.now += 1
         answer = client.chat_completion("glm-4.5", MESSAGES)
     sent = [r.headers["authorization"] for r in glm_server.requests]

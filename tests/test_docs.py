@@ -75,7 +75,7 @@ def test_readme_doc_link_resolves(target: str) -> None:
 
 
 def test_connections_md_names_every_extra() -> None:
-    from airflow_provider_glm.hooks import glm
+    from airflow_provider_glm import connection as glm
 
     text = (REPO / "docs" / "connections.md").read_text(encoding="utf-8")
     for name in sorted(glm._KNOWN_EXTRAS | set(glm._KEY_EXTRAS)):

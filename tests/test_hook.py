@@ -105,7 +105,7 @@ def test_extras_parsed(set_conn: SetConn, glm_server: GLMTestServer) -> None:
     assert settings.client_options == {"timeout": 12.5, "connect_timeout": 3.0, "read_timeout": 4.0,
                                        "max_retries": 0, "max_connections": 5, "headers": {"X-Team": "7"}}
     assert settings.prices == {"glm-4.5-flash": {"input": 0, "output": 0}}
-    core = h.client._core
+    core = h.client.core
     assert (core.timeout, core.connect_timeout, core.read_timeout) == (12.5, 3.0, 4.0)
     assert core.retry.max_retries == 0
     assert core.credentials.mode == "jwt"
@@ -135,7 +135,7 @@ def test_client_options_override_extras(set_conn: SetConn, glm_server: GLMTestSe
 
 def test_async_client_overrides(set_conn: SetConn) -> None:
     client = hook().get_async_client(timeout=7.0)
-    assert client._core.timeout == 7.0
+    assert client.core.timeout == 7.0
     asyncio.run(client.aclose())
 
 

@@ -247,7 +247,6 @@ def test_bad_request_names_the_field(options: dict[str, Any], field: str) -> Non
 BAD_STREAM_REQUESTS = [p for p in BAD_REQUESTS if p.id != "tool_stream-without-stream"]
 CALLS = [pytest.param("chat_completion", BAD_REQUESTS), pytest.param("async_chat_completion", BAD_REQUESTS),
          pytest.param("stream_chat_completion", BAD_STREAM_REQUESTS),
-         pytest.param("chat_completion_streamed", BAD_STREAM_REQUESTS),
          pytest.param("async_stream_chat_completion", BAD_STREAM_REQUESTS)]
 
 

@@ -26,6 +26,15 @@ ZAI_USD = {
     "glm-4.7-flash": ("0", "0", "0"),
     "glm-4.6v-flash": ("0", "0", "0"),
 }
+ZAI_USD_2026_11 = {
+    "glm-5.1": ("1.40", "0.26", "4.40"),
+    "glm-5.2": ("1.40", "0.26", "4.40"),
+    "glm-5.3": ("1.40", "0.26", "4.40"),
+    "glm-5-turbo": ("1.20", "0.24", "4.00"),
+    "glm-5v-turbo": ("1.20", "0.24", "4.00"),
+    "glm-5-code": ("1.20", "0.24", "5.00"),
+}
+"""Captured 2026-11-30 (the table's date); the rest of the table is dated 2026-07-31, per model."""
 BIGMODEL_CNY = {
     "glm-4-plus": ("5", "5", "5"),
     "glm-4-air-250414": ("0.5", "0.5", "0.5"),
@@ -36,28 +45,42 @@ BIGMODEL_CNY = {
 
 def test_packaged_json_is_dated_and_uses_decimal_strings() -> None:
     document = json.loads(files("airflow_provider_glm").joinpath("prices.json").read_text("utf-8"))
-    assert document["as_of"] == "2026-07-31"
+    assert document["as_of"] == "2026-11-30"
     assert document["source"]
+    assert document["output_limits"]["default"] == 131_072
     for spec in document["models"].values():
         for field in ("input", "cached_input", "output"):
             assert isinstance(spec[field], str)
 
 
 @pytest.mark.parametrize(
-    ("table", "currency"), [(ZAI_USD, "USD"), (BIGMODEL_CNY, "CNY")], ids=["zai-usd", "bigmodel-cny"]
+    ("table", "currency", "as_of"),
+    [(ZAI_USD, "USD", "2026-07-31"), (ZAI_USD_2026_11, "USD", "2026-11-30"), (BIGMODEL_CNY, "CNY", "2026-07-31")],
+    ids=["zai-usd", "zai-usd-2026-11", "bigmodel-cny"],
 )
 def test_default_table_has_every_documented_price(
-    table: dict[str, tuple[str, str, str]], currency: str
+    table: dict[str, tuple[str, str, str]], currency: str, as_of: str
 ) -> None:
     prices = PriceTable.default()
     for model, (inp, cached, out) in table.items():
         price = prices.lookup(model)
-        assert price == Price(Decimal(inp), Decimal(cached), Decimal(out), currency, "2026-07-31"), model
+        assert price is not None, model
+        assert (price.input, price.cached_input, price.output, price.currency, price.as_of) == (
+            Decimal(inp), Decimal(cached), Decimal(out), currency, as_of), model
+
+
+def test_output_limits_bound_answers_without_max_tokens() -> None:
+    prices = PriceTable.default()
+    assert prices.output_limit("glm-4.5") == 131_072
+    assert prices.output_limit("GLM-5.2") == 1_048_576
+    assert prices.output_limit("not-a-model") == 131_072
+    custom = prices.with_overrides({"mini": {"input": "1", "output": "2", "max_output_tokens": 512}})
+    assert custom.output_limit("mini") == 512
 
 
 def test_default_is_loaded_once() -> None:
     assert PriceTable.default() is PriceTable.default()
-    assert len(PriceTable.default()) == len(ZAI_USD) + len(BIGMODEL_CNY)
+    assert len(PriceTable.default()) == len(ZAI_USD) + len(ZAI_USD_2026_11) + len(BIGMODEL_CNY)
 
 
 @pytest.mark.parametrize("name", ["GLM-4.5", " glm-4.5 ", "Glm-4.5\n"])

@@ -17,7 +17,8 @@ import pytest
 
 import airflow_provider_glm
 from airflow_provider_glm import get_provider_info
-from airflow_provider_glm.hooks.glm import _KNOWN_EXTRAS, GLMHook
+from airflow_provider_glm.connection import _KNOWN_EXTRAS
+from airflow_provider_glm.hooks.glm import GLMHook
 
 INFO = get_provider_info()
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from _streams import assemble
 
 from airflow_provider_glm.auth import APIKey, Credentials
 from airflow_provider_glm.client import AsyncGLMClient, GLMClient
@@ -100,7 +101,7 @@ def test_successful_calls_log_nothing_secret(srv: GLMTestServer, secret: Secret,
                                              logs: pytest.LogCaptureFixture) -> None:
     with GLMClient(secret.key, base_url=srv.base_url, auth=secret.auth) as client:
         client.chat_completion("glm-4.5", MESSAGES)
-        client.chat_completion_streamed("glm-4.5", MESSAGES)
+        assemble(client.stream_chat_completion("glm-4.5", MESSAGES))
 
     async def run() -> None:
         async with AsyncGLMClient(secret.key, base_url=srv.base_url, auth=secret.auth) as client:
@@ -144,7 +145,7 @@ def test_failures_leak_nothing(srv: GLMTestServer, secret: Secret, logs: pytest.
     with GLMClient(key, base_url=base_url, auth=secret.auth, sleep=lambda s: None, **options) as client, \
             pytest.raises(expected) as info:
         if failure == "stream-error":
-            client.chat_completion_streamed("glm-4.5", MESSAGES)
+            assemble(client.stream_chat_completion("glm-4.5", MESSAGES))
         else:
             client.chat_completion("glm-4.5", MESSAGES)
     assert_clean(error_texts(info.value), secret)
@@ -189,8 +190,8 @@ def test_reprs_hide_the_key(secret: Secret, srv: GLMTestServer, monkeypatch: pyt
     before = [repr(hook), str(hook)]
     settings = hook.settings
     hook.chat_completion(MESSAGES)
-    objects: list[Any] = [api_key, credentials, client, async_client, hook, settings, client._core,
-                          hook.client, hook.client._core, settings.api_key]
+    objects: list[Any] = [api_key, credentials, client, async_client, hook, settings, client.core,
+                          hook.client, hook.client.core, settings.api_key]
     texts = before + [f(o) for o in objects for f in (repr, str)]
     texts += [f"{api_key}", f"{api_key!r}", str(settings)]
     for text in texts:

@@ -9,6 +9,7 @@ from typing import Any
 
 import httpx
 import pytest
+from _streams import assemble
 
 from airflow_provider_glm.client import AsyncGLMClient, GLMClient
 from airflow_provider_glm.exceptions import (
@@ -196,7 +197,7 @@ def stream(srv: GLMTestServer, mode: str, messages: Any = MESSAGES, *, sleeps: l
     if mode.startswith("sync"):
         with GLMClient(srv.api_key, sleep=recorded.append, **options) as client:
             if mode == "sync-assembled":
-                return client.chat_completion_streamed("glm-4.5", messages, **params), chunks
+                return assemble(client.stream_chat_completion("glm-4.5", messages, **params), params.get("request_id")), chunks
             for item in client.stream_chat_completion("glm-4.5", messages, **params):
                 chunks.append(item)
     else:

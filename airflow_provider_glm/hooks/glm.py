@@ -4,6 +4,11 @@ The connection's password is the API key, its host the base URL; extras tune the
 retries and auth mode (see ``docs/connections.md``). Nothing here touches the network until a
 method that calls the API runs.
 
+Blocking methods are thin wrappers over the async client (one implementation of every call); the
+``a``-prefixed methods are their async forms. Besides chat, the hook exposes the Batch API's file
+and batch operations (``upload_file``, ``create_batch``, ``get_batch``, ``cancel_batch``,
+``list_batches``, ``download_file``).
+
 Example::
 
     hook = GLMHook(glm_conn_id="glm_default")
@@ -15,17 +20,21 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from functools import cached_property
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from airflow.sdk import BaseHook
 
+from airflow_provider_glm import batch_api as calls
 from airflow_provider_glm.connection import ConnectionSettings
 
 if TYPE_CHECKING:
+    from airflow_provider_glm.batch_api import Batch, BatchList, Call, FileObject
     from airflow_provider_glm.client import AsyncGLMClient, GLMClient
     from airflow_provider_glm.models import ChatCompletion, ChatCompletionChunk
 
 __all__ = ["GLMHook"]
+
+T = TypeVar("T")
 
 class GLMHook(BaseHook):
     """Talk to GLM through an Airflow ``glm`` connection.
@@ -78,20 +87,36 @@ class GLMHook(BaseHook):
 
     @cached_property
     def client(self) -> GLMClient:
-        """The synchronous client, built once on first use."""
+        """The blocking client, built once on first use (an async client run on a private loop thread)."""
         from airflow_provider_glm.client import GLMClient
 
         return GLMClient(self.settings.api_key, **self._options())
 
     def get_conn(self) -> GLMClient:
-        """The synchronous client (Airflow's hook protocol)."""
+        """The blocking client (Airflow's hook protocol)."""
         return self.client
+
+    def close(self) -> None:
+        """Release the blocking client's connections (it is built again on next use)."""
+        client = self.__dict__.pop("client", None)
+        if client is not None:
+            client.close()
+
+    @property
+    def endpoint(self) -> str:
+        """``host:port`` of the connection's base URL."""
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(self.settings.base_url)
+        return f"{parts.hostname}:{parts.port or (443 if parts.scheme == 'https' else 80)}"
 
     def get_async_client(self, **overrides: Any) -> AsyncGLMClient:
         """A new async client; the caller owns it and closes it (``async with``)."""
         from airflow_provider_glm.client import AsyncGLMClient
 
         return AsyncGLMClient(self.settings.api_key, **{**self._options(), **overrides})
+
+    # --- chat ------------------------------------------------------------------------------------------
 
     def chat_completion(self, messages: Any, model: str | None = None, **params: Any) -> ChatCompletion:
         """Create one chat completion.
@@ -112,6 +137,59 @@ class GLMHook(BaseHook):
         settings = await self.aget_settings()
         async with self.get_async_client() as client:
             return await client.chat_completion(model or settings.model, messages, **params)
+
+    # --- files and batches (blocking; the ``a``-prefixed forms are async) ------------------------------
+
+    def upload_file(self, content: bytes, filename: str = "batch.jsonl") -> FileObject:
+        """Upload a JSONL file for a batch (``purpose=batch``)."""
+        return self._call(calls.upload_file(content, filename))
+
+    def download_file(self, file_id: str) -> bytes:
+        """A file's bytes (batch output and error files), read whole under a 1 GiB cap."""
+        return self._call(calls.file_content(file_id))
+
+    def create_batch(self, input_file_id: str, *, metadata: Mapping[str, str] | None = None,
+                     completion_window: str = "24h") -> Batch:
+        """Create a batch over an uploaded file. A lost answer is not resent (a second batch would bill twice)."""
+        return self._call(calls.create_batch(input_file_id, metadata=metadata, completion_window=completion_window))
+
+    def get_batch(self, batch_id: str) -> Batch:
+        return self._call(calls.retrieve_batch(batch_id))
+
+    def cancel_batch(self, batch_id: str) -> Batch:
+        return self._call(calls.cancel_batch(batch_id))
+
+    def list_batches(self, after: str | None = None, limit: int = 100) -> BatchList:
+        """One page of batches, newest first."""
+        return self._call(calls.list_batches(after=after, limit=limit))
+
+    def _call(self, call: Call[T]) -> T:
+        return self.client.call(call)
+
+    async def aupload_file(self, content: bytes, filename: str = "batch.jsonl") -> FileObject:
+        return await self._acall(calls.upload_file(content, filename))
+
+    async def adownload_file(self, file_id: str) -> bytes:
+        return await self._acall(calls.file_content(file_id))
+
+    async def acreate_batch(self, input_file_id: str, *, metadata: Mapping[str, str] | None = None,
+                            completion_window: str = "24h") -> Batch:
+        return await self._acall(calls.create_batch(input_file_id, metadata=metadata,
+                                                    completion_window=completion_window))
+
+    async def aget_batch(self, batch_id: str) -> Batch:
+        return await self._acall(calls.retrieve_batch(batch_id))
+
+    async def acancel_batch(self, batch_id: str) -> Batch:
+        return await self._acall(calls.cancel_batch(batch_id))
+
+    async def alist_batches(self, after: str | None = None, limit: int = 100) -> BatchList:
+        return await self._acall(calls.list_batches(after=after, limit=limit))
+
+    async def _acall(self, call: Call[T]) -> T:
+        await self.aget_settings()
+        async with self.get_async_client() as client:
+            return await client.call(call)
 
     def test_connection(self) -> tuple[bool, str]:
         """Make one ``max_tokens=1`` call on the connection's model and say what it cost."""

@@ -1,17 +1,20 @@
 """``GLMBatchOperator``: every row through GLM's Batch API, at half the online price.
 
-It takes the same row, template, structured-output, sink, pricing and XCom options as
+It takes the same row, template, structured-output, sink, reuse, pricing and XCom options as
 :class:`~airflow_provider_glm.operators.chat.GLMChatOperator` (both extend
-:class:`~airflow_provider_glm.operators.base.GLMBaseOperator`). It writes the rows not yet ``ok``
-as JSONL (``custom_id`` = row key; split above 50,000 lines or 100 MB), uploads it, creates the
-batch, then waits: deferred to :class:`~airflow_provider_glm.triggers.batch.GLMBatchTrigger`, or
-polling in the task. Output lines become results and ledger entries priced at the batch discount;
-error-file lines become failed (or filtered) rows.
+:class:`~airflow_provider_glm.operators.base.GLMBaseOperator`). Rows already ``ok`` in this run are
+resumed and rows an earlier run answered identically are reused; the rest are written as JSONL
+(``custom_id`` = row key; split above 50,000 lines or 100 MB), uploaded and submitted, after the
+budget check on their upper-bound cost. It then waits: deferred to
+:class:`~airflow_provider_glm.triggers.batch.GLMBatchTrigger`, or polling in the task. Output lines
+become results and ledger entries priced at the batch discount; error-file lines become failed (or
+filtered) rows.
 
-A retried task re-attaches to the batches it created for the same (dag, task, run, map_index):
-their ids are kept in Airflow's task state store, and each batch carries the scope in its metadata
-so a crash between creating a batch and storing its id is also recovered. It never submits a second
-batch for the same rows.
+A retried task re-attaches to the batches it created for the same (dag, task, run, map_index): their
+ids are kept in Airflow's task state store, and each batch carries the scope in its metadata, so a
+crash between creating a batch and storing its id is also recovered. Rows that no earlier batch
+holds (a crash between two submissions) are submitted; rows of an earlier batch are never submitted
+twice. Everything runs on the async client, one event loop per ``execute``.
 
 Example::
 
@@ -28,9 +31,8 @@ Example::
 from __future__ import annotations
 
 import asyncio
-import json
 import time
-from collections.abc import Iterator, Sequence
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import conf
@@ -40,17 +42,13 @@ from airflow_provider_glm.operators.base import GLMBaseOperator
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
-    from airflow_provider_glm.batch_api import Batch, BatchAPI
-    from airflow_provider_glm.operators.base import Prepared
+    from airflow_provider_glm.run_plan import RunPlan
 
 __all__ = ["GLMBatchOperator"]
 
-STATE_KEY = "glm_batch_ids"
-"""Task state store key holding the batch ids of this task instance."""
-LOOKUP_PAGES = 5
-"""Pages of 100 newest batches searched for this task instance's metadata on every try."""
 MAX_LINES = 50_000
 MAX_BYTES = 100 * 1024 * 1024
+EVENT_STATUSES = ("done", "timeout", "error")
 
 
 class GLMBatchOperator(GLMBaseOperator):
@@ -60,15 +58,20 @@ class GLMBatchOperator(GLMBaseOperator):
 
     :param deferrable: wait in the triggerer (default: Airflow's ``[operators] default_deferrable``).
     :param poll_interval: seconds between status polls.
-    :param cancel_on_kill: cancel the batches when the task is killed.
+    :param cancel_on_kill: cancel the batches when the task is killed (also while deferred, on Airflow 3.3+)
+        or times out.
     :param completion_window: the batch's completion window (the API offers ``24h``).
     :param max_lines_per_file: lines per uploaded file (the API allows 50,000).
     :param max_bytes_per_file: bytes per uploaded file (the API allows 100 MB).
+    :param max_total_tokens: refuse to submit when the rows' upper-bound tokens (prompt bound plus
+        ``max_tokens`` each) would pass this, counting what earlier tries spent.
+    :param max_cost: the same for cost at batch prices.
     """
 
     def __init__(self, *, deferrable: bool | None = None, poll_interval: float = 60.0, cancel_on_kill: bool = True,
                  completion_window: str = "24h", max_lines_per_file: int = MAX_LINES,
-                 max_bytes_per_file: int = MAX_BYTES, **kwargs: Any) -> None:
+                 max_bytes_per_file: int = MAX_BYTES, max_total_tokens: int | None = None,
+                 max_cost: float | Decimal | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if deferrable is None:
             deferrable = conf.getboolean("operators", "default_deferrable", fallback=False)
@@ -82,191 +85,146 @@ class GLMBatchOperator(GLMBaseOperator):
         self.completion_window = completion_window
         self.max_lines_per_file = max_lines_per_file
         self.max_bytes_per_file = max_bytes_per_file
+        self.max_total_tokens = max_total_tokens
+        self.max_cost = Decimal(str(max_cost)) if max_cost is not None else None
         self._batch_ids: list[str] = []
 
     def execute(self, context: Context) -> Any:
-        from airflow_provider_glm.pricing import BATCH_DISCOUNT
-
-        run = self.prepare(context, discount=BATCH_DISCOUNT)
-        api = self._api(run)
-        todo = asyncio.run(run.recorder.resume([row.key for row in run.rows]))
-        earlier = self._earlier(context, run, api) if todo else []
-        if any(not b.terminal for b in earlier):
-            self.log.info("Re-attaching to batches %s created by an earlier try.", [b.id for b in earlier])
-            batches = earlier
-        else:
-            if earlier:
-                asyncio.run(self._record(run, api, earlier, final=False))
-                todo = [key for key in todo if key in run.recorder.pending]
-            batches = self._submit(context, run, api, set(todo)) if todo else []
-        if not batches or all(b.terminal for b in batches):
-            return self._collect(context, run, api, batches)
-        self._batch_ids = [b.id for b in batches]
-        if self.deferrable:
-            from airflow_provider_glm.triggers.batch import GLMBatchTrigger
-
+        started = time.monotonic()
+        run = self._plan(context)
+        try:
+            waiting = asyncio.run(self._start(context, run))
+        finally:
             if run.sink is not None:
                 run.sink.dispose()
-            self.defer(
-                trigger=GLMBatchTrigger(self._batch_ids, self.glm_conn_id, self.poll_interval),
-                method_name="execute_complete",
-            )
-        return self._collect(context, run, api, self._poll(api, self._batch_ids))
+        if run.state.stopped is not None:
+            return self.finish(context, run, api="batch", budgets=self._budgets())
+        reason = None
+        if waiting:
+            self._batch_ids = waiting
+            if self.deferrable:
+                self._defer(waiting, started)
+            reason = asyncio.run(self._wait(waiting, self._end_time(started)))
+        return self._collect(context, reason=reason)
 
-    def execute_complete(self, context: Context, event: dict[str, Any]) -> Any:
+    def execute_complete(self, context: Context, event: Any) -> Any:
         """Resume after the trigger: write every batch's results and finish like the chat operator."""
-        from airflow_provider_glm.batch_api import Batch
-        from airflow_provider_glm.pricing import BATCH_DISCOUNT
+        from airflow.sdk.exceptions import AirflowFailException
 
-        if event.get("status") != "done":
-            raise RuntimeError(f"waiting for GLM batches failed: {event.get('message')}")
-        run = self.prepare(context, discount=BATCH_DISCOUNT)
-        api = self._api(run)
-        asyncio.run(run.recorder.resume([row.key for row in run.rows]))
-        waited = {b["id"]: Batch.model_validate(b) for b in event["batches"]}
-        earlier = [b for b in self._earlier(context, run, api) if b.id not in waited]
-        return self._collect(context, run, api, [*earlier, *waited.values()])
+        if not isinstance(event, dict) or event.get("status") not in EVENT_STATUSES:
+            raise RuntimeError(f"the GLM batch trigger sent an unexpected event: {event!r}")
+        if event["status"] == "error":
+            message = f"waiting for GLM batches failed: {event.get('message')}"
+            if event.get("fatal"):
+                raise AirflowFailException(message + ". Retrying cannot help until the account is fixed.")
+            raise RuntimeError(message)
+        reason = None if event["status"] == "done" else str(event.get("message") or "the batches timed out")
+        return self._collect(context, reason=reason)
 
     def on_kill(self) -> None:
         if not (self.cancel_on_kill and self._batch_ids):
             return
-        from airflow_provider_glm.batch_api import BatchAPI, cancel_batch
         from airflow_provider_glm.exceptions import GLMError
 
-        api = BatchAPI(self.hook.client)
         for batch_id in self._batch_ids:
             try:
-                api(cancel_batch(batch_id))
+                self.hook.cancel_batch(batch_id)
                 self.log.info("Cancelled GLM batch %s.", batch_id)
             except GLMError as exc:
                 self.log.warning("Could not cancel GLM batch %s: %s", batch_id, exc)
 
-    def _api(self, run: Prepared) -> BatchAPI:
-        from airflow_provider_glm.batch_api import BatchAPI
+    # --- phases ------------------------------------------------------------------------------------------
 
-        return BatchAPI(run.hook.client)
+    def _plan(self, context: Context) -> RunPlan:
+        from airflow_provider_glm.pricing import BATCH_DISCOUNT
 
-    @staticmethod
-    def _scope_tag(run: Prepared) -> str:
-        s = run.recorder.scope
-        return json.dumps([s.dag_id, s.task_id, s.run_id, s.map_index])
+        return self.plan(context, api="batch", price_required=self.max_cost is not None, discount=BATCH_DISCOUNT)
 
-    def _earlier(self, context: Context, run: Prepared, api: BatchAPI) -> list[Batch]:
-        """Batches earlier tries of this task instance created: the state store's, plus any of the
-        newest :data:`LOOKUP_PAGES` pages of the account's batches whose metadata names this task
-        instance (a crash between creating a batch and storing its id)."""
-        from airflow_provider_glm.batch_api import list_batches, retrieve_batch
+    async def _start(self, context: Context, run: RunPlan) -> list[str]:
+        """Settle, re-attach, check the budget, submit; return the batches to wait for.
 
-        ids = _stored_ids(context)
-        found = {batch_id: api(retrieve_batch(batch_id)) for batch_id in ids}
-        tag, after = self._scope_tag(run), None
-        for _ in range(LOOKUP_PAGES):
-            page = api(list_batches(after=after))
-            found.update({b.id: b for b in page.data if (b.metadata or {}).get("airflow_scope") == tag
-                          and b.id not in found})
-            if not page.has_more or not page.data:
-                break
-            after = page.data[-1].id
-        return list(found.values())
+        Answers of earlier tries' finished batches are recorded first; rows a running batch holds are not
+        submitted again; the rest (never submitted, or failed in a finished batch) go in a new batch.
+        """
+        from airflow_provider_glm.batch_jobs import BatchJobs
 
-    def _submit(self, context: Context, run: Prepared, api: BatchAPI, todo: set[str]) -> list[Batch]:
-        from airflow_provider_glm.batch_api import create_batch, upload_file
+        async with run.hook.get_async_client() as client:
+            jobs = BatchJobs(self, context, run, client)
+            todo = await jobs.settle()
+            earlier = await jobs.earlier() if todo else []
+            running = [b for b in earlier if not b.terminal]
+            if len(running) < len(earlier):
+                await jobs.record([b for b in earlier if b.terminal], final=False)
+            if running:
+                self.log.info("Re-attaching to batches %s created by an earlier try.", [b.id for b in running])
+                held = await jobs.covered(running)
+                todo = [r for r in todo if r.key not in held]
+            todo = [r for r in todo if r.key not in jobs.answered]
+            created = []
+            if todo and run.state.stopped is None:
+                jobs.check_budget(todo)
+            if run.state.stopped is not None:
+                for request in todo:
+                    await jobs.skip(request.key, run.state.stopped[1])
+                await run.writer.flush()
+            elif todo:
+                created = await jobs.submit(todo)
+            return [b.id for b in [*running, *created] if not b.terminal]
 
-        store = context.get("task_state_store")
-        created: list[Batch] = []
-        metadata = {"airflow_scope": self._scope_tag(run), "airflow_try": str(run.recorder.try_number)}
-        for number, content in enumerate(self._files(run, todo), start=1):
-            file = api(upload_file(content, f"{run.recorder.scope.task_id}-{number}.jsonl"))
-            batch = api(create_batch(file.id, metadata=metadata, completion_window=self.completion_window))
-            created.append(batch)
-            if store is not None:
-                store.set(STATE_KEY, [*_stored_ids(context), batch.id])
-            self.log.info("Created GLM batch %s (%d bytes of requests).", batch.id, len(content))
-        return created
+    def _budgets(self) -> dict[str, Any]:
+        return {"max_total_tokens": self.max_total_tokens, "max_cost": self.max_cost}
 
-    def _files(self, run: Prepared, todo: set[str]) -> Iterator[bytes]:
-        """JSONL request files for the rows to do, split at the line and byte limits."""
-        from airflow_provider_glm.batch_api import BATCH_ENDPOINT
-        from airflow_provider_glm.models import build_chat_request
+    def _end_time(self, started: float) -> float | None:
+        """Wall-clock time (epoch seconds) when waiting must end: shortly before ``execution_timeout``."""
+        if not self.execution_timeout:
+            return None
+        timeout = self.execution_timeout.total_seconds()
+        return time.time() + (started + timeout - min(5.0, 0.1 * timeout) - time.monotonic())
 
-        lines: list[bytes] = []
-        size = 0
-        for row in run.rows:
-            if row.key not in todo:
-                continue
-            body = build_chat_request(run.model, run.template.render(row), **run.params).to_body()
-            request = {"custom_id": row.key, "method": "POST", "url": BATCH_ENDPOINT, "body": body}
+    def _defer(self, batch_ids: list[str], started: float) -> None:
+        from datetime import timedelta
+
+        from airflow_provider_glm.triggers.batch import GLMBatchTrigger
+
+        end_time = self._end_time(started)
+        trigger = GLMBatchTrigger(batch_ids, self.glm_conn_id, self.poll_interval, end_time=end_time,
+                                  cancel_on_kill=self.cancel_on_kill)
+        # the trigger ends its own wait at end_time (cancelling the batches); this is the backstop
+        timeout = self.execution_timeout + timedelta(minutes=5) if self.execution_timeout else None
+        self.defer(trigger=trigger, method_name="execute_complete", timeout=timeout)
+
+    async def _wait(self, batch_ids: list[str], end_time: float | None) -> str | None:
+        """Poll in the task until every batch is terminal; at ``end_time`` cancel them and say why."""
+        from airflow_provider_glm.triggers.batch import BatchesTimedOut, wait_for_batches
+
+        async with self.hook.get_async_client() as client:
             try:
-                line = json.dumps(request, ensure_ascii=False).encode() + b"\n"
-            except UnicodeEncodeError:
-                line = json.dumps(request).encode() + b"\n"  # a lone surrogate: escaped, GLM judges the row
-            if lines and (len(lines) >= self.max_lines_per_file or size + len(line) > self.max_bytes_per_file):
-                yield b"".join(lines)
-                lines, size = [], 0
-            lines.append(line)
-            size += len(line)
-        if lines:
-            yield b"".join(lines)
+                async for message in wait_for_batches(client, batch_ids, self.poll_interval, end_time,
+                                                      self.cancel_on_kill):
+                    self.log.info(message)
+            except BatchesTimedOut as exc:
+                return str(exc)
+        return None
 
-    def _poll(self, api: BatchAPI, batch_ids: Sequence[str]) -> list[Batch]:
-        from airflow_provider_glm.batch_api import retrieve_batch
+    def _collect(self, context: Context, *, reason: str | None) -> Any:
+        """Write every result of this task instance's batches and finish (a fresh plan: may run after deferral)."""
+        from airflow_provider_glm.batch_jobs import BatchJobs
 
-        while True:
-            batches = [api(retrieve_batch(batch_id)) for batch_id in batch_ids]
-            if all(b.terminal for b in batches):
-                return batches
-            self.log.info("Batches %s: %s.", list(batch_ids), [b.status for b in batches])
-            time.sleep(self.poll_interval)
+        run = self._plan(context)
 
-    def _collect(self, context: Context, run: Prepared, api: BatchAPI, batches: list[Batch]) -> Any:
+        async def collect() -> None:
+            async with run.hook.get_async_client() as client:
+                jobs = BatchJobs(self, context, run, client)
+                todo = await jobs.settle()
+                batches = await jobs.earlier() if todo else []
+                await jobs.record(batches, reason=reason)
+
         try:
-            asyncio.run(self._record(run, api, batches))
+            asyncio.run(collect())
         finally:
             if run.sink is not None:
                 run.sink.dispose()
-        return self.finish(context, run)
-
-    async def _record(self, run: Prepared, api: BatchAPI, batches: list[Batch], *, final: bool = True) -> None:
-        """Record every answered row of ``batches``; when ``final``, also their error lines and the rest.
-
-        Answers come first across all batches, so a row that failed in an earlier batch and was
-        answered in a later one ends ``ok``.
-        """
-        from airflow_provider_glm.batch_api import file_content, parse_result_lines
-        from airflow_provider_glm.error_codes import rule_for_code
-
-        recorder = run.recorder
-        errors: list[tuple[str, str, str | None]] = []
-        for batch in batches:
-            for file_id in (batch.output_file_id, batch.error_file_id):
-                if not file_id:
-                    continue
-                content = await asyncio.to_thread(api, file_content(file_id))
-                for line in parse_result_lines(content):
-                    if line.custom_id not in recorder.pending:
-                        continue
-                    if line.completion is not None:
-                        recorder.pending.discard(line.custom_id)
-                        await recorder.completion(line.custom_id, line.completion)
-                    else:
-                        errors.append((line.custom_id, f"batch {batch.id}: code {line.error_code}: "
-                                       f"{line.error_message}", line.error_code))
-        if final:
-            for key, reason, code in errors:
-                if key in recorder.pending:
-                    recorder.pending.discard(key)
-                    rule = rule_for_code(int(code)) if code and code.isdigit() else None
-                    filtered = rule is not None and rule.error == "GLMContentFilterError"
-                    await recorder.failed(key, reason, filtered=filtered)
-            statuses = ", ".join(f"{b.id} {b.status}" for b in batches) or "no batch"
-            for key in sorted(recorder.pending):
-                await recorder.failed(key, f"no result for this row in the batch output ({statuses})")
-            recorder.pending.clear()
-        await recorder.flush(force=True)
-
-
-def _stored_ids(context: Context) -> list[str]:
-    """The batch ids this task instance stored in Airflow's task state store (none without one)."""
-    store = context.get("task_state_store")
-    value = store.get(STATE_KEY) if store is not None else None
-    return [str(batch_id) for batch_id in value] if isinstance(value, list) else []
+        if reason is not None:
+            run.state.stop("deadline", f"not answered: {reason}")
+        self.log.info(run.state.progress_line(final=True, rate=0.0, eta="-"))
+        return self.finish(context, run, api="batch", budgets=self._budgets())

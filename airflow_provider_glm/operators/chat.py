@@ -1,17 +1,18 @@
-"""``GLMChatOperator``: one chat request, or every row of an upstream result, answered by GLM.
+"""``GLMChatOperator``: one chat request, or every row of an upstream result or a SQL query, answered by GLM.
 
-Single mode sends ``prompt`` (or ``messages``) once and returns the content. Row mode (``rows=``)
-renders the prompt per row with ``{{ row.<column> }}``, runs the rows concurrently at
-``max_concurrency``, writes results and a usage ledger to SQL, resumes without re-billing on a
-retry, and returns the contents (or a summary when they would not fit in XCom).
+Single mode sends ``prompt`` (or ``messages``) once and returns the content. Row mode (``rows=`` or
+``source_sql=``) renders the prompt per row with ``{{ row.<column> }}``, runs the rows concurrently
+(up to ``max_concurrency``, adapting to rate limits), writes results and a usage ledger to SQL,
+reuses the answers of rows that did not change since an earlier run, resumes without re-billing on
+a retry, and returns the contents (or a summary when they would not fit in XCom).
 
 Example::
 
     GLMChatOperator(
         task_id="summarize",
-        rows=extract.output,
+        source_sql="SELECT id, body FROM reviews WHERE day = '{{ ds }}'",
         row_key="id",
-        prompt="Summarize in one sentence: {{ row.text }}",
+        prompt="Summarize in one sentence: {{ row.body }}",
         sqlalchemy_url="sqlite:///warehouse.db",
     )
 """
@@ -29,8 +30,8 @@ from airflow_provider_glm.operators.base import GLMBaseOperator
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
-    from airflow_provider_glm.operators.base import Prepared
-    from airflow_provider_glm.recording import RunTotals
+    from airflow_provider_glm.outcomes import Outcome
+    from airflow_provider_glm.run_plan import RunPlan
 
 __all__ = ["GLMChatOperator"]
 
@@ -41,48 +42,65 @@ throughput on a 2-core machine did not separate the two beyond noise."""
 
 
 class GLMChatOperator(GLMBaseOperator):
-    """Ask GLM once, or once per upstream row; content and usage to XCom and SQL.
+    """Ask GLM once, or once per row; content and usage to XCom and SQL.
 
     Takes every parameter of :class:`~airflow_provider_glm.operators.base.GLMBaseOperator`
-    (``prompt``, ``messages``, ``rows``, sinks, ...; see ``docs/operator.md``), plus:
+    (``prompt``, ``messages``, ``rows``, ``source_sql``, sinks, ...; see ``docs/operator.md``), plus:
 
-    :param max_concurrency: rows in flight at once (the account's concurrency limit).
-    :param max_total_tokens: budget over all tries of this task in this run.
-    :param max_cost: budget in the price table's currency.
+    :param max_concurrency: the most rows in flight at once. With a ``pool``, ``pool_slots`` defaults to it.
+    :param adaptive_concurrency: lower the rows in flight on rate limits and timeouts, raise them again as
+        answers arrive (default ``True``); ``False`` keeps ``max_concurrency`` throughout.
+    :param max_total_tokens: budget over all tries of this task in this run (possibly billed tokens count).
+    :param max_cost: budget in the price table's currency (possibly billed cost counts).
     :param progress_interval: seconds between progress log lines.
     :param api: ``online`` (default) calls chat completions; ``async`` submits each row to the async
         API and polls its result, for accounts where that beats the online concurrency limit.
     :param async_poll_interval: seconds between polls of an async task.
     """
 
-    def __init__(self, *, max_concurrency: int = 8, max_total_tokens: int | None = None,
-                 max_cost: float | Decimal | None = None, progress_interval: float = 5.0, api: str = "online",
-                 async_poll_interval: float = 2.0, **kwargs: Any) -> None:
+    def __init__(self, *, max_concurrency: int = 8, adaptive_concurrency: bool = True,
+                 max_total_tokens: int | None = None, max_cost: float | Decimal | None = None,
+                 progress_interval: float = 5.0, api: str = "online", async_poll_interval: float = 2.0,
+                 **kwargs: Any) -> None:
+        _default_pool_slots(kwargs, max_concurrency)
         super().__init__(**kwargs)
         if api not in ("online", "async"):
             raise ValueError(f"api must be 'online' or 'async', got {api!r}")
         if async_poll_interval <= 0:
             raise ValueError(f"async_poll_interval must be > 0 seconds, got {async_poll_interval}")
-        self.api = api
-        self.async_poll_interval = async_poll_interval
         if max_concurrency < 1:
             raise ValueError(f"max_concurrency must be >= 1, got {max_concurrency}")
         if progress_interval <= 0:
             raise ValueError(f"progress_interval must be > 0 seconds, got {progress_interval}")
+        self.api = api
+        self.async_poll_interval = async_poll_interval
         self.max_concurrency = max_concurrency
+        self.adaptive_concurrency = adaptive_concurrency
         self.max_total_tokens = max_total_tokens
         self.max_cost = Decimal(str(max_cost)) if max_cost is not None else None
         self.progress_interval = progress_interval
 
+    @classmethod
+    def partial(cls, **kwargs: Any) -> Any:
+        """:meth:`BaseOperator.partial`, with ``pool_slots`` defaulting to ``max_concurrency`` in a pool
+        (the scheduler reads a mapped task's slots from here, before any instance exists)."""
+        _default_pool_slots(kwargs, kwargs.get("max_concurrency", 8))
+        return super().partial(**kwargs)
+
     def execute(self, context: Context) -> Any:
         started = time.monotonic()
-        run = self.prepare(context, price_required=self.max_cost is not None)
+        run = self.plan(context, api=self.api, price_required=self.max_cost is not None)
         try:
-            asyncio.run(self._run(run, started))
+            if self.row_mode:
+                asyncio.run(self._run_rows(run, started))
+            else:
+                asyncio.run(self._run_single(run, started))
+                self._push_single(context, run)
         finally:
             if run.sink is not None:
                 run.sink.dispose()
-        return self.finish(context, run)
+        return self.finish(context, run, api=self.api,
+                           budgets={"max_total_tokens": self.max_total_tokens, "max_cost": self.max_cost})
 
     def _deadline(self, started: float) -> float | None:
         """When to stop starting rows: shortly before ``execution_timeout``, whose clock Airflow started
@@ -92,25 +110,95 @@ class GLMChatOperator(GLMBaseOperator):
         timeout = self.execution_timeout.total_seconds()
         return started + timeout - min(5.0, 0.1 * timeout)
 
-    async def _run(self, run: Prepared, started: float) -> RunTotals:
+    async def _run_rows(self, run: RunPlan, started: float) -> None:
+        from airflow_provider_glm.concurrency import AdaptiveLimit, CircuitBreaker
         from airflow_provider_glm.runner import RowRunner, RunLimits
 
-        concurrency = self.max_concurrency if self.row_mode else 1
-        limits = RunLimits(
-            max_concurrency=concurrency,
-            api=self.api,
-            async_poll_interval=self.async_poll_interval,
-            max_total_tokens=self.max_total_tokens,
-            max_cost=self.max_cost,
-            deadline=self._deadline(started),
-            progress_interval=self.progress_interval,
-        )
-        pools = -(-concurrency // _WORKERS_PER_POOL)
+        assert run.source is not None
+        limits = RunLimits(api=self.api, async_poll_interval=self.async_poll_interval,
+                           max_total_tokens=self.max_total_tokens, max_cost=self.max_cost,
+                           deadline=self._deadline(started), progress_interval=self.progress_interval,
+                           reuse_unchanged=self.reuse_unchanged)
+        limit = AdaptiveLimit(self.max_concurrency, adaptive=self.adaptive_concurrency)
+        breaker = CircuitBreaker(run.hook.endpoint)
+
+        def observe(kind: str, error: Any) -> None:
+            limit.observe(kind, error)
+            breaker.observe(kind, error)
+
+        pools = -(-self.max_concurrency // _WORKERS_PER_POOL)
         async with contextlib.AsyncExitStack() as stack:
             clients = [
-                await stack.enter_async_context(run.hook.get_async_client(max_connections=-(-concurrency // pools)))
+                await stack.enter_async_context(run.hook.get_async_client(
+                    max_connections=-(-self.max_concurrency // pools), observer=observe))
                 for _ in range(pools)
             ]
-            runner = RowRunner(clients=clients, model=run.model, request_params=run.params, template=run.template,
-                               recorder=run.recorder, limits=limits, log=self.log)
-            return await runner.run(run.rows)
+            runner = RowRunner(clients=clients, workers=self.max_concurrency, rules=run.rules, state=run.state,
+                               writer=run.writer, sink=run.sink, limits=limits, limit=limit, breaker=breaker,
+                               since=run.started_at, log=self.log)
+            await runner.run(run.source)
+
+    async def _run_single(self, run: RunPlan, started: float) -> None:
+        """One request, straight through the client: resumed from an earlier try when it already succeeded."""
+        from airflow_provider_glm import outcomes
+        from airflow_provider_glm.exceptions import GLMError
+
+        request = run.single
+        assert request is not None
+        outcome: Outcome
+        stored = run.sink.this_run(run.scope, [request.key]).get(request.key) if run.sink is not None else None
+        if stored is not None and stored["status"] == "ok":
+            self.log.info("This request already succeeded in an earlier try; returning the stored answer.")
+            outcome = outcomes.resumed(run.rules, request.key, stored)
+        elif request.unsendable:
+            from airflow_provider_glm.row_sources import InputError
+
+            outcome = outcomes.not_answered(run.rules, request.key, InputError(request.unsendable))
+        elif budget := run.state.budget_exceeded(self.max_total_tokens, self.max_cost):
+            run.state.stop("budget", budget)
+            outcome = outcomes.skipped(run.rules, request.key, budget)
+        else:
+            async with run.hook.get_async_client() as client:
+                try:
+                    completion = await client.send_chat(request.body, deadline=self._deadline(started))
+                except GLMError as exc:
+                    outcome = outcomes.call_failed(run.rules, request, exc)
+                else:
+                    outcome = outcomes.answered(run.rules, request, completion)
+        run.state.add(outcome)
+        run.writer.add(outcome)
+        run.extras["outcome"] = outcome
+        await run.writer.flush()
+
+    def _push_single(self, context: Context, run: RunPlan) -> None:
+        """Single mode's XCom: ``usage`` (the ledger entry) and ``answer`` (the parts beside the content)."""
+        outcome = run.extras.get("outcome")
+        if not self.do_xcom_push or outcome is None:
+            return
+        ti = context["ti"]
+        usage = outcome.usage
+        if usage is not None:
+            ti.xcom_push(key="usage", value={
+                "prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
+                "total_tokens": usage.total_tokens, "cached_tokens": usage.cached_tokens,
+                "reasoning_tokens": usage.reasoning_tokens, "model": usage.model, "request_id": usage.request_id,
+                "response_id": usage.response_id, "try_number": usage.try_number, "billing": usage.billing,
+                "cost": float(usage.cost) if usage.cost is not None else None, "currency": usage.currency,
+                "unknown_billing_attempts": usage.unknown_billing_attempts,
+                "unknown_tokens_max": usage.unknown_tokens_max,
+            })
+        result = outcome.result
+        if result is not None and result.status != "skipped":
+            ti.xcom_push(key="answer", value={
+                "finish_reason": result.finish_reason, "reasoning_content": result.reasoning_content,
+                "tool_calls": result.tool_calls, "web_search": result.web_search,
+                "content_filter": result.content_filter,
+            })
+
+
+def _default_pool_slots(kwargs: dict[str, Any], max_concurrency: Any) -> None:
+    """In a pool, a task takes as many slots as rows it may have in flight, unless ``pool_slots`` says otherwise:
+    a pool sized to the account's concurrency limit then bounds every task on every worker together."""
+    if kwargs.get("pool") is not None and "pool_slots" not in kwargs and isinstance(max_concurrency, int) \
+            and max_concurrency >= 1:
+        kwargs["pool_slots"] = max_concurrency

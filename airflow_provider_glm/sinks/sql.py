@@ -1,62 +1,112 @@
-"""The SQL sink: row results (upserted) and the usage ledger, on SQLite, PostgreSQL and MySQL/MariaDB.
+"""The SQL sink: results (upserted), the usage ledger, run summaries and the latest answers, on SQLite,
+PostgreSQL and MySQL/MariaDB.
 
-SQLAlchemy Core only, bound parameters only; table names are validated identifiers. The tables
-themselves (columns, types, the surrogate ``result_key``) are defined in
-:mod:`airflow_provider_glm.sinks.sql_tables`.
+SQLAlchemy Core only, bound parameters only; table names are validated identifiers. The tables are
+defined in :mod:`~airflow_provider_glm.sinks.sql_tables`, created or extended (additively) by
+:mod:`~airflow_provider_glm.sinks.sql_migrate`; the queries that read them live in
+:mod:`~airflow_provider_glm.sinks.sql_reads`. Every retry of a database operation follows
+:func:`database_retry`.
 """
 
 from __future__ import annotations
 
-import random
-import time
-from collections.abc import Generator, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import fields
-from decimal import Decimal
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.sql.dml import Insert
 
-from airflow_provider_glm.sinks.records import ResultRecord, RunScope, UsageRecord
+from airflow_provider_glm.records import ResultRecord, RunScope, UsageRecord
+from airflow_provider_glm.sinks.sql_reads import SinkReads
 from airflow_provider_glm.sinks.sql_tables import (
     ID_LENGTH,
     MYSQL_DIALECTS,
     RESPONSE_ID_LENGTH,
     ROW_KEY_LENGTH,
     SCOPE_COLUMNS,
+    latest_key,
+    latest_table_def,
     result_key,
     results_table_def,
+    run_key,
+    runs_table_def,
     usage_table_def,
     validate_table_name,
 )
 
-__all__ = ["SQLSink", "result_key", "validate_table_name"]
+__all__ = ["SQLSink", "database_retry", "is_transient", "result_key", "validate_table_name"]
 
 _SUPPORTED_DIALECTS = ("sqlite", "postgresql", *MYSQL_DIALECTS)
 _STATUSES = frozenset({"ok", "failed", "filtered", "skipped"})
 _CHUNK = 1000
-_MAX_ATTEMPTS = 5
 _MYSQL_TRANSIENT = frozenset({1205, 1213})
 _PG_TRANSIENT = frozenset({"40001", "40P01"})
 _NUL_COLUMNS = ("content", "reasoning_content", "finish_reason", "error", "model")
 
-def _is_transient(exc: DBAPIError) -> bool:
-    """Deadlocks and serialization failures, which a retry of the whole transaction resolves."""
-    orig = exc.orig
-    if getattr(orig, "pgcode", None) in _PG_TRANSIENT:
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether retrying the whole transaction can help: the database is unreachable, the connection
+    broke, or a deadlock or serialization failure (not a wrong schema or bad data)."""
+    if isinstance(exc, (OperationalError, InterfaceError, OSError, sa.exc.TimeoutError)):
         return True
-    args: tuple[Any, ...] = tuple(getattr(orig, "args", ()))
-    return bool(args) and isinstance(args[0], int) and args[0] in _MYSQL_TRANSIENT
+    if isinstance(exc, DBAPIError):
+        if exc.connection_invalidated:
+            return True
+        orig = exc.orig
+        if getattr(orig, "pgcode", None) in _PG_TRANSIENT:
+            return True
+        args: tuple[Any, ...] = tuple(getattr(orig, "args", ()))
+        return bool(args) and isinstance(args[0], int) and args[0] in _MYSQL_TRANSIENT
+    return False
+
+
+def database_retry(timeout: float, *, what: str, log: Any, sleep: Callable[[float], Any] | None = None,
+                   retry_on: Callable[[BaseException], bool] = is_transient, asynchronous: bool = True,
+                   note: str = "") -> Any:
+    """The one retry policy of database work: exponential waits (1 s doubling to 30 s) until ``timeout``.
+
+    :param timeout: seconds after which no new attempt starts; the last error is raised.
+    :param what: what is being done, for the log lines.
+    :param sleep: the wait (inject in tests).
+    :param retry_on: which errors are worth another attempt (default: :func:`is_transient`).
+    :param asynchronous: a ``tenacity.AsyncRetrying`` (``async for``) instead of a ``tenacity.Retrying``.
+    :param note: said with every retry (e.g. that the records are kept).
+    """
+    import tenacity
+
+    def before_sleep(state: tenacity.RetryCallState) -> None:
+        error = state.outcome.exception() if state.outcome else None
+        wait = state.next_action.sleep if state.next_action else 0
+        log.warning("%s failed (%s)%s; retrying in %.0f s.", what.capitalize(), type(error).__name__, note, wait)
+
+    def give_up(state: tenacity.RetryCallState) -> None:
+        error = state.outcome.exception() if state.outcome else None
+        log.error("Giving up %s after %.0f s: %s", what, state.seconds_since_start or 0.0, error)
+        raise error if error is not None else RuntimeError(what)
+
+    options: dict[str, Any] = {
+        "stop": tenacity.stop_before_delay(timeout),
+        "wait": tenacity.wait_exponential(multiplier=1, min=1, max=30),
+        "retry": tenacity.retry_if_exception(retry_on),
+        "before_sleep": before_sleep,
+        "retry_error_callback": give_up,
+        "reraise": True,
+    }
+    if sleep is not None:
+        options["sleep"] = sleep
+    return tenacity.AsyncRetrying(**options) if asynchronous else tenacity.Retrying(**options)
 
 
 def _row(record: ResultRecord | UsageRecord, names: tuple[str, ...]) -> dict[str, Any]:
     """A shallow column mapping (``dataclasses.asdict`` deep-copies, which costs more than the insert)."""
     scope = record.scope
     row = {name: getattr(record, name) for name in names}
-    row.update(dag_id=scope.dag_id, task_id=scope.task_id, run_id=scope.run_id, map_index=scope.map_index)
+    row.update(dag_id=scope.dag_id, task_id=scope.task_id, run_id=scope.run_id, map_index=scope.map_index,
+               logical_date=scope.logical_date)
     return row
 
 
@@ -78,79 +128,94 @@ def _check_scope(scope: RunScope) -> None:
         _check_length(name, getattr(scope, name), ID_LENGTH)
 
 
-class SQLSink:
-    """Writes results and usage to two tables through one SQLAlchemy engine.
+class SQLSink(SinkReads):
+    """Writes results, usage and run summaries through one SQLAlchemy engine.
 
     :param engine: a SQLite, PostgreSQL or MySQL/MariaDB engine (for MySQL use ``charset=utf8mb4``).
     :param results_table: ``table`` or ``schema.table`` for per-row results.
     :param usage_table: ``table`` or ``schema.table`` for the usage ledger.
+    :param runs_table: ``table`` or ``schema.table`` for one summary per task try.
+    :param latest_table: ``table`` or ``schema.table`` kept with the current ``ok`` answer per row key, or ``None``.
+    :param output_columns: typed columns filled from the structured output (see ``output_column_defs``).
     """
 
-    def __init__(
-        self, engine: Engine, results_table: str = "glm_results", usage_table: str = "glm_usage"
-    ) -> None:
-        res_schema, res_name = validate_table_name(results_table)
-        use_schema, use_name = validate_table_name(usage_table)
-        if (res_schema, res_name) == (use_schema, use_name):
-            raise ValueError(f"results_table and usage_table must differ, both are {results_table!r}")
+    def __init__(self, engine: Engine, results_table: str = "glm_results", usage_table: str = "glm_usage",
+                 runs_table: str = "glm_runs", latest_table: str | None = None,
+                 output_columns: Sequence[sa.Column[Any]] = ()) -> None:
+        names = {"results_table": results_table, "usage_table": usage_table, "runs_table": runs_table}
+        if latest_table is not None:
+            names["latest_table"] = latest_table
+        parsed = {label: validate_table_name(name) for label, name in names.items()}
+        if len(set(parsed.values())) != len(parsed):
+            raise ValueError(f"the tables must have different names, got {names}")
         self._dialect = engine.dialect.name
         if self._dialect not in _SUPPORTED_DIALECTS:
             supported = list(_SUPPORTED_DIALECTS)
             raise ValueError(f"unsupported SQL dialect {self._dialect!r}: the SQL sink supports {supported}")
         self._engine = engine
         self._metadata = sa.MetaData()
-        self.results_table = results_table_def(self._metadata, res_schema, res_name)
-        self.usage_table = usage_table_def(self._metadata, use_schema, use_name)
+        self.output_columns = tuple(column.name for column in output_columns)
+        self.results_table = results_table_def(self._metadata, *parsed["results_table"],
+                                               output_columns=[c._copy() for c in output_columns])
+        self.usage_table = usage_table_def(self._metadata, *parsed["usage_table"])
+        self.runs_table = runs_table_def(self._metadata, *parsed["runs_table"])
+        self.latest_table = (latest_table_def(self._metadata, *parsed["latest_table"],
+                                              output_columns=[c._copy() for c in output_columns])
+                             if latest_table is not None else None)
         self._result_fields = tuple(f.name for f in fields(ResultRecord) if f.name in self.results_table.c)
         self._usage_fields = tuple(f.name for f in fields(UsageRecord) if f.name in self.usage_table.c)
-        self._results_insert = self._build_results_upsert()
-        self._usage_insert = self._build_usage_insert()
+        self._results_upsert = self._upsert(self.results_table, "result_key")
+        self._latest_upsert = self._upsert(self.latest_table, "latest_key") if self.latest_table is not None else None
+        self._runs_upsert = self._upsert(self.runs_table, "run_key")
+        self._usage_insert = self._insert_new(self.usage_table, "response_id")
 
     @classmethod
-    def from_url(
-        cls,
-        url: str,
-        results_table: str = "glm_results",
-        usage_table: str = "glm_usage",
-        **engine_kwargs: Any,
-    ) -> SQLSink:
+    def from_url(cls, url: str, results_table: str = "glm_results", usage_table: str = "glm_usage",
+                 **kwargs: Any) -> SQLSink:
         """Create the engine from a URL (SQLite gets a 30 s busy timeout unless told otherwise).
 
         :param url: a SQLAlchemy URL, e.g. ``postgresql+psycopg2://user@host/db``.
-        :param results_table: ``table`` or ``schema.table`` for per-row results.
-        :param usage_table: ``table`` or ``schema.table`` for the usage ledger.
-        :param engine_kwargs: passed to :func:`sqlalchemy.create_engine`.
+        :param kwargs: the other table options of :class:`SQLSink`; the rest goes to
+            :func:`sqlalchemy.create_engine`.
         """
-        validate_table_name(results_table)
-        validate_table_name(usage_table)
+        table_options: dict[str, Any] = {k: kwargs.pop(k) for k in ("runs_table", "latest_table", "output_columns")
+                                         if k in kwargs}
+        table_options.update(results_table=results_table, usage_table=usage_table)
+        for name in ("results_table", "usage_table", "runs_table", "latest_table"):
+            if table_options.get(name) is not None:
+                validate_table_name(table_options[name])
         if sa.engine.make_url(url).get_backend_name() == "sqlite":
-            connect_args = dict(engine_kwargs.pop("connect_args", {}))
+            connect_args = dict(kwargs.pop("connect_args", {}))
             connect_args.setdefault("timeout", 30)
-            engine_kwargs["connect_args"] = connect_args
+            kwargs["connect_args"] = connect_args
         else:
-            engine_kwargs.setdefault("pool_pre_ping", True)
-        engine = sa.create_engine(url, **engine_kwargs)
+            kwargs.setdefault("pool_pre_ping", True)
+        engine = sa.create_engine(url, **kwargs)
         try:
-            return cls(engine, results_table=results_table, usage_table=usage_table)
+            return cls(engine, **table_options)
         except ValueError:
             engine.dispose()
             raise
 
-    def _build_results_upsert(self) -> Insert:
-        table = self.results_table
-        updated = [
-            c.name
-            for c in table.columns
-            if not c.primary_key and c.name not in (*SCOPE_COLUMNS, "map_index", "row_key")
-        ]
+    @property
+    def engine(self) -> Engine:
+        return self._engine
+
+    def _upsert(self, table: sa.Table, key: str) -> Insert:
+        updated = [c.name for c in table.columns if not c.primary_key]
         if self._dialect in MYSQL_DIALECTS:
             my_stmt = mysql.insert(table)
             return my_stmt.on_duplicate_key_update({name: my_stmt.inserted[name] for name in updated})
         stmt = (postgresql.insert if self._dialect == "postgresql" else sqlite.insert)(table)
-        upsert = stmt.on_conflict_do_update(
-            index_elements=["result_key"], set_={name: stmt.excluded[name] for name in updated}
-        )
-        return self._batched(upsert, table.c.result_key)
+        upsert = stmt.on_conflict_do_update(index_elements=[key], set_={name: stmt.excluded[name] for name in updated})
+        return self._batched(upsert, table.c[key])
+
+    def _insert_new(self, table: sa.Table, key: str) -> Insert:
+        if self._dialect in MYSQL_DIALECTS:
+            my_stmt = mysql.insert(table)
+            return my_stmt.on_duplicate_key_update({key: my_stmt.inserted[key]})
+        stmt = (postgresql.insert if self._dialect == "postgresql" else sqlite.insert)(table)
+        return self._batched(stmt.on_conflict_do_nothing(index_elements=[key]), table.c[key])
 
     def _batched(self, stmt: Insert, key: sa.Column[Any]) -> Insert:
         """On PostgreSQL, ``RETURNING`` makes SQLAlchemy batch rows into multi-row VALUES.
@@ -159,64 +224,26 @@ class SQLSink:
         """
         return stmt.returning(key) if self._dialect == "postgresql" else stmt
 
-    def _build_usage_insert(self) -> Insert:
-        table = self.usage_table
-        if self._dialect in MYSQL_DIALECTS:
-            my_stmt = mysql.insert(table)
-            return my_stmt.on_duplicate_key_update(response_id=my_stmt.inserted.response_id)
-        stmt = (postgresql.insert if self._dialect == "postgresql" else sqlite.insert)(table)
-        return self._batched(stmt.on_conflict_do_nothing(index_elements=["response_id"]), table.c.response_id)
+    def ensure_tables(self, *, timeout: float = 60.0, log: Any = None) -> None:
+        """Create missing tables and indexes, add missing columns (never drop or change one).
 
-    def ensure_tables(self) -> None:
-        """Create missing tables (and their indexes); check that existing ones have every column.
-
-        Safe when several processes call it at once: a failed ``CREATE`` is followed by a fresh look.
+        :raises ValueError: an existing table lacks its key, or a typed output column changed type.
         """
-        tables = [self.results_table, self.usage_table]
-        for attempt in range(1, _MAX_ATTEMPTS + 1):
-            try:
-                with self._engine.begin() as conn:
-                    inspector = sa.inspect(conn)
-                    missing = [t for t in tables if not inspector.has_table(t.name, schema=t.schema)]
-                    if missing:
-                        self._metadata.create_all(conn, tables=missing, checkfirst=True)
-                break
-            except DBAPIError:
-                if attempt == _MAX_ATTEMPTS:
-                    raise
-                time.sleep(0.05 * attempt * (1 + random.random()))
-        with self._engine.connect() as conn:
-            inspector = sa.inspect(conn)
-            for table, key in ((self.results_table, "result_key"), (self.usage_table, "response_id")):
-                self._check_table(inspector, table, key)
+        from airflow_provider_glm.sinks.sql_migrate import migrate
 
-    @staticmethod
-    def _check_table(inspector: sa.Inspector, table: sa.Table, key: str) -> None:
-        existing = {
-            column["name"].lower() for column in inspector.get_columns(table.name, schema=table.schema)
-        }
-        missing = [c.name for c in table.columns if c.name.lower() not in existing]
-        if missing:
-            raise ValueError(
-                f"table {table.fullname!r} exists but lacks required column(s) {missing}: "
-                "migrate or drop it, or configure another table name"
-            )
-        keys: list[list[Any]] = [
-            inspector.get_pk_constraint(table.name, schema=table.schema)["constrained_columns"]
-        ]
-        keys += [u["column_names"] for u in inspector.get_unique_constraints(table.name, schema=table.schema)]
-        keys += [
-            i["column_names"] for i in inspector.get_indexes(table.name, schema=table.schema) if i["unique"]
-        ]
-        if not any([str(name).lower() for name in cols] == [key] for cols in keys):
-            raise ValueError(
-                f"table {table.fullname!r} exists but has no primary key or unique index on ({key})"
-            )
+        migrate(self._engine, self._tables(), timeout=timeout, log=log)
+
+    def _tables(self) -> list[tuple[sa.Table, str]]:
+        tables = [(self.results_table, "result_key"), (self.usage_table, "response_id"), (self.runs_table, "run_key")]
+        if self.latest_table is not None:
+            tables.append((self.latest_table, "latest_key"))
+        return tables
 
     def write(self, results: Sequence[ResultRecord], usage: Sequence[UsageRecord]) -> None:
-        """Upsert ``results`` and insert ``usage`` (a known ``response_id`` is ignored) in one transaction.
+        """Upsert ``results`` (and the latest table's ``ok`` rows) and insert ``usage`` in one transaction.
 
-        Either both halves become visible or neither does. Deadlocks are retried a few times.
+        A known ``response_id`` is ignored, so a rewrite never duplicates a ledger entry. Errors are
+        raised as they are: the caller retries under :func:`database_retry`.
 
         :param results: one record per input row; the last record for a repeated key wins.
         :param usage: ledger entries; the first record for a repeated ``response_id`` wins.
@@ -225,20 +252,23 @@ class SQLSink:
         usage_rows = self._usage_rows(usage)
         if not result_rows and not usage_rows:
             return
-        for attempt in range(1, _MAX_ATTEMPTS + 1):
-            try:
-                with self._engine.begin() as conn:
-                    for statement, rows in (
-                        (self._results_insert, result_rows),
-                        (self._usage_insert, usage_rows),
-                    ):
-                        for start in range(0, len(rows), _CHUNK):
-                            conn.execute(statement, rows[start : start + _CHUNK]).close()
-                return
-            except DBAPIError as exc:
-                if attempt == _MAX_ATTEMPTS or not _is_transient(exc):
-                    raise
-                time.sleep(0.05 * 2**attempt * (1 + random.random()))
+        batches: list[tuple[Insert, list[dict[str, Any]]]] = [(self._results_upsert, result_rows)]
+        if self._latest_upsert is not None:
+            batches.append((self._latest_upsert, self._latest_rows(result_rows)))
+        batches.append((self._usage_insert, usage_rows))
+        with self._engine.begin() as conn:
+            for statement, rows in batches:
+                for start in range(0, len(rows), _CHUNK):
+                    conn.execute(statement, rows[start : start + _CHUNK]).close()
+
+    def write_run(self, scope: RunScope, try_number: int, summary: Mapping[str, Any]) -> None:
+        """Upsert the runs table's row for this try (its columns taken from ``summary``)."""
+        row = {c.name: summary.get(c.name) for c in self.runs_table.columns if c.name in summary}
+        row.update(run_key=run_key(scope, try_number), dag_id=scope.dag_id, task_id=scope.task_id,
+                   run_id=scope.run_id, map_index=scope.map_index, logical_date=scope.logical_date,
+                   try_number=try_number)
+        with self._engine.begin() as conn:
+            conn.execute(self._runs_upsert, [row]).close()
 
     def _result_rows(self, results: Sequence[ResultRecord]) -> list[dict[str, Any]]:
         rows: dict[str, dict[str, Any]] = {}
@@ -248,10 +278,23 @@ class SQLSink:
             if record.status not in _STATUSES:
                 raise ValueError(f"status must be one of {sorted(_STATUSES)}, got {record.status!r}")
             row = _row(record, self._result_fields)
+            output = record.output if isinstance(record.output, Mapping) else {}
+            for name in self.output_columns:
+                row[name] = output.get(name)
             if self._dialect == "postgresql":
                 _replace_nul(row)
             row["result_key"] = result_key(record.scope, record.row_key)
             rows[row["result_key"]] = row
+        return [rows[key] for key in sorted(rows)]
+
+    @staticmethod
+    def _latest_rows(result_rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        rows = {}
+        for row in result_rows:
+            if row["status"] == "ok":
+                key = latest_key(row["dag_id"], row["task_id"], row["row_key"])
+                rows[key] = {**row, "latest_key": key}
+                del rows[key]["result_key"]
         return [rows[key] for key in sorted(rows)]
 
     def _usage_rows(self, usage: Sequence[UsageRecord]) -> list[dict[str, Any]]:
@@ -264,127 +307,6 @@ class SQLSink:
             if record.response_id not in rows:
                 rows[record.response_id] = _row(record, self._usage_fields)
         return [rows[key] for key in sorted(rows)]
-
-    @staticmethod
-    def _where_scope(table: sa.Table, scope: RunScope) -> sa.ColumnElement[bool]:
-        return sa.and_(
-            table.c.dag_id == scope.dag_id,
-            table.c.task_id == scope.task_id,
-            table.c.run_id == scope.run_id,
-            table.c.map_index == scope.map_index,
-        )
-
-    def ok_row_keys(self, scope: RunScope) -> set[str]:
-        """The row keys already answered with status ``ok`` in ``scope`` (to resume a task).
-
-        :param scope: the task's dag, task, run and map index.
-        """
-        table = self.results_table
-        query = sa.select(table.c.row_key).where(self._where_scope(table, scope), table.c.status == "ok")
-        with self._engine.connect() as conn:
-            return set(conn.execute(query).scalars())
-
-    def spent(self, scope: RunScope) -> tuple[int, Decimal | None]:
-        """Tokens and cost in the ledger for ``scope``, summed over every try.
-
-        :param scope: the task's dag, task, run and map index.
-        :return: ``(total_tokens, cost)``; cost is ``None`` when no entry has a known cost.
-        """
-        table = self.usage_table
-        where = self._where_scope(table, scope)
-        tokens_query = sa.select(sa.func.coalesce(sa.func.sum(table.c.total_tokens), 0)).where(where)
-        with self._engine.connect() as conn:
-            tokens = int(conn.execute(tokens_query).scalar_one())
-            if self._dialect == "sqlite":
-                costs = list(
-                    conn.execute(sa.select(table.c.cost).where(where, table.c.cost.is_not(None))).scalars()
-                )
-                cost: Decimal | None = sum(costs, Decimal(0)) if costs else None
-            else:
-                cost = conn.execute(sa.select(sa.func.sum(table.c.cost)).where(where)).scalar_one()
-        return tokens, None if cost is None else Decimal(cost)
-
-    def results(self, scope: RunScope | None = None) -> list[dict[str, Any]]:
-        """Rows of the results table as dicts, ordered by ``row_key``.
-
-        :param scope: only this scope's rows; every row when ``None``.
-        """
-        table = self.results_table
-        query = sa.select(table).order_by(
-            table.c.row_key, *(table.c[name] for name in (*SCOPE_COLUMNS, "map_index"))
-        )
-        return self._fetch(query if scope is None else query.where(self._where_scope(table, scope)))
-
-    def iter_results(
-        self, scope: RunScope, batch_size: int = 1000
-    ) -> Generator[dict[str, Any], None, None]:
-        """Stream ``scope``'s rows of the results table as dicts, ordered by ``row_key``.
-
-        The streaming variant of :meth:`results`: rows are fetched ``batch_size`` at a time
-        (``yield_per``: a server-side cursor on PostgreSQL and MySQL/MariaDB; SQLite reads lazily),
-        so memory stays flat whatever the row count. Row keys sort by code point on every backend
-        (``COLLATE "C"`` on PostgreSQL, a binary cast on MySQL/MariaDB), as Python sorts ``str``.
-        A connection is held until the generator is exhausted or closed (``close()`` releases it).
-
-        :param scope: the task's dag, task, run and map index.
-        :param batch_size: rows fetched per round trip.
-        """
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-        table = self.results_table
-        order: sa.ColumnElement[Any] = table.c.row_key
-        if self._dialect == "postgresql":
-            order = sa.collate(table.c.row_key, "C")
-        elif self._dialect in MYSQL_DIALECTS:
-            order = sa.cast(table.c.row_key, mysql.BINARY())
-        query = sa.select(table).where(self._where_scope(table, scope)).order_by(order)
-        with self._engine.connect() as conn:
-            result = conn.execution_options(yield_per=batch_size).execute(query)
-            try:
-                for row in result.mappings():
-                    yield dict(row)
-            finally:
-                result.close()  # an abandoned iterator ends its server-side cursor here
-
-    def usage(self, scope: RunScope | None = None) -> list[dict[str, Any]]:
-        """Rows of the usage ledger as dicts, ordered by ``created_at`` then ``response_id``.
-
-        :param scope: only this scope's rows; every row when ``None``.
-        """
-        table = self.usage_table
-        query = sa.select(table).order_by(table.c.created_at, table.c.response_id)
-        return self._fetch(query if scope is None else query.where(self._where_scope(table, scope)))
-
-    def spend_report(self) -> list[dict[str, Any]]:
-        """Calls, tokens and cost per day, DAG, model and currency from the ledger, newest day first."""
-        table = self.usage_table
-        created: sa.ColumnElement[Any] = table.c.created_at
-        if self._dialect == "postgresql":
-            created = sa.func.timezone("UTC", created)
-        day = sa.func.date(created).label("day")
-        query = (
-            sa.select(
-                day, table.c.dag_id, table.c.model, table.c.currency,
-                sa.func.count().label("calls"),
-                sa.func.sum(table.c.prompt_tokens).label("prompt_tokens"),
-                sa.func.sum(table.c.completion_tokens).label("completion_tokens"),
-                sa.func.sum(table.c.total_tokens).label("total_tokens"),
-                sa.func.sum(table.c.cost).label("cost"),
-            )
-            .group_by(day, table.c.dag_id, table.c.model, table.c.currency)
-            .order_by(day.desc(), table.c.dag_id, table.c.model)
-        )
-        rows = self._fetch(query)
-        for row in rows:
-            row["day"] = str(row["day"])[:10]
-            row["cost"] = None if row["cost"] is None else float(row["cost"])
-            for name in ("calls", "prompt_tokens", "completion_tokens", "total_tokens"):
-                row[name] = int(row[name] or 0)
-        return rows
-
-    def _fetch(self, query: sa.Select[Any]) -> list[dict[str, Any]]:
-        with self._engine.connect() as conn:
-            return [dict(row) for row in conn.execute(query).mappings()]
 
     def dispose(self) -> None:
         """Close the engine's pooled connections."""

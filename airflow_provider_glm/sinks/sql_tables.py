@@ -23,12 +23,12 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import Dialect
 
-from airflow_provider_glm.sinks.records import RunScope
+from airflow_provider_glm.records import RunScope
 
 __all__ = [
-    "ID_LENGTH", "MYSQL_DIALECTS", "RESPONSE_ID_LENGTH", "ROW_KEY_LENGTH", "RUN_COUNTS", "SCOPE_COLUMNS",
-    "latest_table_def", "result_key", "results_table_def", "runs_table_def", "usage_table_def",
-    "validate_table_name",
+    "ID_LENGTH", "MYSQL_DIALECTS", "RESERVED_COLUMNS", "RESPONSE_ID_LENGTH", "ROW_KEY_LENGTH", "RUN_COUNTS",
+    "SCOPE_COLUMNS", "column_category", "latest_key", "latest_table_def", "output_column_defs", "result_key",
+    "results_table_def", "run_key", "runs_table_def", "usage_table_def", "validate_table_name",
 ]
 
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
@@ -59,15 +59,116 @@ def validate_table_name(name: str) -> tuple[str | None, str]:
     return (parts[0], parts[1]) if len(parts) == 2 else (None, parts[0])
 
 
+def _digest(logical: list[Any]) -> str:
+    payload = json.dumps(logical, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+
 def result_key(scope: RunScope, row_key: str) -> str:
     """The results table's primary key: SHA-256 hex of the compact JSON array of the logical key.
 
     :param scope: the task try's scope.
     :param row_key: the input row's key.
     """
-    logical = [scope.dag_id, scope.task_id, scope.run_id, scope.map_index, row_key]
-    payload = json.dumps(logical, ensure_ascii=False, separators=(",", ":"))
-    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+    return _digest([scope.dag_id, scope.task_id, scope.run_id, scope.map_index, row_key])
+
+
+def latest_key(dag_id: str, task_id: str, row_key: str) -> str:
+    """The latest table's primary key: SHA-256 hex of ``[dag_id, task_id, row_key]``."""
+    return _digest([dag_id, task_id, row_key])
+
+
+def run_key(scope: RunScope, try_number: int) -> str:
+    """The runs table's primary key: SHA-256 hex of ``[dag_id, task_id, run_id, map_index, try_number]``."""
+    return _digest([scope.dag_id, scope.task_id, scope.run_id, scope.map_index, try_number])
+
+
+RESERVED_COLUMNS = frozenset({
+    "result_key", "latest_key", "dag_id", "task_id", "run_id", "map_index", "logical_date", "try_number", "row_key",
+    "status", "content", "reasoning_content", "finish_reason", "output", "tool_calls", "web_search",
+    "content_filter", "error", "model", "prompt_tokens", "completion_tokens", "total_tokens", "fingerprint",
+    "reused_from_run_id", "updated_at",
+})
+
+
+def output_column_defs(json_schema: Any) -> list[sa.Column[Any]]:
+    """One typed, nullable column per top-level property of a JSON schema (``output_columns=True``).
+
+    integer → BIGINT, number → FLOAT, boolean → BOOLEAN, string and enum → TEXT, array and object → JSON.
+
+    :raises ValueError: the schema has no top-level properties, or a property's name is not a plain
+        identifier or is one of the results table's own columns.
+    """
+    properties = json_schema.get("properties") if isinstance(json_schema, dict) else None
+    if not isinstance(properties, dict) or not properties:
+        raise ValueError("output_columns needs an output_schema with top-level properties")
+    columns = []
+    for name, spec in properties.items():
+        if not _IDENTIFIER.fullmatch(name) or name.lower() in RESERVED_COLUMNS:
+            raise ValueError(
+                f"output_schema property {name!r} cannot be a column: it must match [A-Za-z_][A-Za-z0-9_]{{0,62}} "
+                f"and not be one of the results table's own columns ({', '.join(sorted(RESERVED_COLUMNS))})"
+            )
+        columns.append(sa.Column(name, _column_type(_resolve(json_schema, spec))))
+    return columns
+
+
+def _resolve(root: dict[str, Any], spec: Any) -> dict[str, Any]:
+    """Follow ``$ref`` and drop the ``null`` branch of ``anyOf``/``oneOf`` (an Optional field)."""
+    for _ in range(20):
+        if not isinstance(spec, dict):
+            return {}
+        ref = spec.get("$ref")
+        if isinstance(ref, str) and ref.startswith("#/"):
+            target: Any = root
+            for part in ref[2:].split("/"):
+                target = target.get(part, {}) if isinstance(target, dict) else {}
+            spec = target
+            continue
+        branches = spec.get("anyOf") or spec.get("oneOf")
+        if isinstance(branches, list):
+            kept = [b for b in branches if not (isinstance(b, dict) and b.get("type") == "null")]
+            if len(kept) == 1:
+                spec = kept[0]
+                continue
+        return spec
+    return {}
+
+
+def _column_type(spec: dict[str, Any]) -> sa.types.TypeEngine[Any]:
+    kind = spec.get("type")
+    if isinstance(kind, list):
+        kinds = [k for k in kind if k != "null"]
+        kind = kinds[0] if len(kinds) == 1 else None
+    if kind is None and "enum" in spec:
+        values = spec["enum"]
+        kind = "string" if all(isinstance(v, str) for v in values) else None
+    if kind is None and "const" in spec and isinstance(spec["const"], str):
+        kind = "string"
+    if kind == "integer":
+        return sa.BigInteger()
+    if kind == "number":
+        return sa.Float()
+    if kind == "boolean":
+        return sa.Boolean()
+    if kind == "string":
+        return _long_text()
+    return sa.JSON(none_as_null=True)
+
+
+def column_category(type_: sa.types.TypeEngine[Any], dialect: str) -> str:
+    """A coarse kind of a column type (``numeric``, ``boolean``, ``text``, ``json``, ``other``) for comparing
+    a typed output column with the one a table already has (MariaDB stores JSON as LONGTEXT and BOOLEAN as
+    TINYINT, so those compare as text and numeric there)."""
+    if isinstance(type_, sa.JSON):
+        return "text" if dialect in MYSQL_DIALECTS else "json"
+    if isinstance(type_, sa.Boolean):
+        return "numeric" if dialect in MYSQL_DIALECTS else "boolean"
+    if isinstance(type_, (sa.Integer, sa.Float, sa.Numeric)):
+        return "numeric"
+    if isinstance(type_, (sa.String, sa.Text)):
+        return "text"
+    return "other"
 
 
 class _UTCDateTime(sa.types.TypeDecorator[dt.datetime]):

@@ -94,6 +94,7 @@ class BatchStore:
         self.lock = threading.RLock()
         self.batches: dict[str, Batch] = {}
         self.outcomes: deque[BatchOutcome] = deque()
+        self.paused = False
 
     def script(self, outcomes: Iterable[BatchOutcome]) -> None:
         """Queue outcomes for the next batches created.
@@ -138,6 +139,8 @@ class BatchStore:
         """
         now = time.monotonic() if now is None else now
         with self.lock:
+            if self.paused:
+                return
             step, outcome = batch.step, batch.outcome
             while not batch.final:
                 if batch.status == "validating":
@@ -173,6 +176,22 @@ class BatchStore:
                         return
                     self._finish(batch, "completed" if batch.status == "finalizing" else "cancelled", end)
 
+    def pause(self) -> None:
+        """Freeze every batch where it is (a test then sees ``in_progress`` for as long as it needs)."""
+        with self.lock:
+            for batch in self.batches.values():
+                self.advance(batch)
+            self.paused = True
+
+    def resume(self) -> None:
+        """Let batches move on; each one's current phase starts again now."""
+        now = time.monotonic()
+        with self.lock:
+            self.paused = False
+            for batch in self.batches.values():
+                if not batch.final:
+                    batch.phase_start = now
+
     def cancel(self, batch: Batch) -> bool:
         """Start cancelling a batch now; False when its status does not allow it."""
         with self.lock:
@@ -197,6 +216,7 @@ class BatchStore:
         with self.lock:
             self.batches.clear()
             self.outcomes.clear()
+            self.paused = False
 
     def tick(self, batch_id: str) -> None:
         """Advance one batch on the server loop and re-arm the timer until it is final."""

@@ -281,6 +281,15 @@ class GLMTestServer:
         """
         self._extension("batches").script(outcomes)
 
+    def pause_batches(self) -> None:
+        """Freeze every batch's status (new ones stay ``validating``) until :meth:`resume_batches`, so a test
+        can act while a batch is surely not done, whatever the machine's speed."""
+        self._extension("batches").pause()
+
+    def resume_batches(self) -> None:
+        """Let batches progress again (each one's current phase restarts now)."""
+        self._extension("batches").resume()
+
     @property
     def batches(self) -> list[dict[str, Any]]:
         """The batch objects as ``GET /batches/{id}`` would answer them now, oldest first."""

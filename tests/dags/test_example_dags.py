@@ -41,12 +41,23 @@ def dag_env(airflow_db: None, glm_server: Any, tmp_path: Path) -> dict[str, str]
     return env
 
 
-def run_dag(dag_id: str, env: dict[str, str]) -> str:
-    done = subprocess.run([AIRFLOW, "dags", "test", dag_id], env=env, capture_output=True, text=True, timeout=300)
+def run_dag(dag_id: str, env: dict[str, str], logical_date: str | None = None) -> str:
+    command = [AIRFLOW, "dags", "test", dag_id, *([logical_date] if logical_date else [])]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     output = done.stdout + done.stderr
     assert done.returncode == 0, output[-5000:]
     assert "state=success" in output, output[-5000:]
     return output
+
+
+def table_rows(url: str, table: str) -> list[dict[str, Any]]:
+    """Every row of a table as dicts, all columns (the typed output columns included)."""
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(sa.text(f"SELECT * FROM {table} ORDER BY row_key"))]
+    finally:
+        engine.dispose()
 
 
 def seed_reviews(url: str, n: int) -> None:
@@ -68,31 +79,58 @@ def test_enrichment_dag(dag_env: dict[str, str], glm_server: Any) -> None:
     assert "Ticket T-3: Please add dark mode. {{ 7*7 }} stays literal." in sent
 
 
-def test_nightly_summary_and_spend_report(dag_env: dict[str, str], glm_server: Any) -> None:
+def test_nightly_summary_reuses_unchanged_rows_and_spend_report(dag_env: dict[str, str], glm_server: Any) -> None:
+    """Three nights of the main job: all rows asked, then none (reused), then only the edited ones."""
     url = dag_env["GLM_WAREHOUSE_URL"]
     seed_reviews(url, 60)
-    run_dag("glm_nightly_summary", dag_env)
+    run_dag("glm_nightly_summary", dag_env, "2026-11-28")
     sink = SQLSink.from_url(url, results_table="review_summaries")
-    results = sink.results()
-    assert len(results) == 60 and {r["status"] for r in results} == {"ok"}
-    assert results[0]["content"].startswith("Summary: Product: P0")
-    usage = sink.usage()
-    assert len(usage) == glm_server.stats.billed_responses == 60
-    assert sum(u["total_tokens"] for u in usage) == glm_server.stats.billed_total_tokens
+    first = table_rows(url, "review_summaries")
+    assert len(first) == 60
+    assert {r["status"] for r in first} == {"ok"}
+    assert {r["sentiment"] for r in first} <= {"positive", "mixed", "negative"}, "typed column from the schema"
+    assert all(isinstance(r["summary"], str) and r["summary"] for r in first)
+    assert glm_server.stats.billed_responses == 60
+    ledger = sink.usage()
+    assert len(ledger) == 60
+    assert sum(u["total_tokens"] for u in ledger) == glm_server.stats.billed_total_tokens
+    assert {str(u["logical_date"])[:10] for u in ledger} == {"2026-11-28"}
+
+    run_dag("glm_nightly_summary", dag_env, "2026-11-29")
+    assert glm_server.stats.billed_responses == 60, "the second night asked again"
+    assert len(sink.usage()) == 60, "the second night added ledger rows"
+    second = [r for r in sink.results() if str(r["logical_date"])[:10] == "2026-11-29"]
+    assert len(second) == 60
+    assert {r["reused_from_run_id"] for r in second} == {first[0]["run_id"]}
+    assert {r["status"] for r in second} == {"ok"}
+    night2 = next(r for r in sink.runs() if str(r["logical_date"])[:10] == "2026-11-29")
+    assert (night2["reused"], night2["total_tokens"], night2["cost"]) == (60, 0, None)
+
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(sa.text("UPDATE reviews SET body = body || ' (edited)' WHERE id < 5"))
+    engine.dispose()
+    asked = glm_server.stats.requests
+    run_dag("glm_nightly_summary", dag_env, "2026-11-30")
+    assert glm_server.stats.requests - asked == 5
+    latest = table_rows(url, "review_summaries_latest")
+    assert len(latest) == 60
+    fresh = {r["row_key"] for r in latest if r["reused_from_run_id"] is None}
+    assert fresh == {"0", "1", "2", "3", "4"}, "the latest answer of an edited review is the new one"
 
     metadata = sa.create_engine(f"sqlite:///{os.environ['AIRFLOW_HOME']}/airflow.db")
     with metadata.connect() as conn:
         rendered = conn.execute(sa.text(
             "SELECT rendered_fields FROM rendered_task_instance_fields WHERE task_id = 'summarize_reviews'"
-        )).scalar_one()
+        )).scalars().first()
     metadata.dispose()
-    rows_shown = json.loads(rendered)["rows"] if isinstance(rendered, str) else rendered["rows"]
-    assert len(str(rows_shown)) < 4500, "the UI copy of `rows` must be truncated, not the whole warehouse"
-    assert "Review 0" in str(rows_shown)
+    fields = json.loads(rendered) if isinstance(rendered, str) else rendered
+    assert "FROM reviews" in fields["source_sql"]
 
     report = run_dag("glm_spend_report", dag_env)
     line = next(x for x in report.splitlines() if "glm_nightly_summary" in x and "glm-4.5" in x)
-    assert f" 60 " in line and str(glm_server.stats.billed_total_tokens) in line
+    assert " 65 " in line
+    assert str(glm_server.stats.billed_total_tokens) in line
 
 
 def test_mapped_taskflow_dag(dag_env: dict[str, str], glm_server: Any) -> None:

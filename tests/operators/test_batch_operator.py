@@ -12,7 +12,7 @@ from airflow.sdk.exceptions import TaskDeferred
 
 from airflow_provider_glm.exceptions import GLMRowsFailedError
 from airflow_provider_glm.operators.batch import GLMBatchOperator
-from airflow_provider_glm.sinks.records import RunScope
+from airflow_provider_glm.records import RunScope
 from airflow_provider_glm.sinks.sql import SQLSink
 from airflow_provider_glm.testing import BatchOutcome, Fault
 from airflow_provider_glm.triggers.batch import GLMBatchTrigger
@@ -40,7 +40,12 @@ def run_deferred(op: GLMBatchOperator, context: dict[str, Any]) -> Any:
     """Run like Airflow does: execute until it defers, the trigger in an event loop, then resume."""
     with pytest.raises(TaskDeferred) as deferred:
         op.execute(context)
-    trigger = deferred.value.trigger
+    return resume(op, deferred.value, context)
+
+
+def resume(op: GLMBatchOperator, deferred: TaskDeferred, context: dict[str, Any]) -> Any:
+    """The trigger's one event, handed to the method the operator deferred to."""
+    trigger = deferred.trigger
     assert isinstance(trigger, GLMBatchTrigger)
 
     async def first_event() -> Any:
@@ -48,7 +53,7 @@ def run_deferred(op: GLMBatchOperator, context: dict[str, Any]) -> Any:
             return event.payload
 
     event = asyncio.run(first_event())
-    return getattr(op, deferred.value.method_name)(context, event)
+    return getattr(op, deferred.method_name)(context, event)
 
 
 def test_batch_end_to_end_matches_the_server_tally(glm_conn: Any, context: dict[str, Any], url: str) -> None:
@@ -66,35 +71,48 @@ def test_batch_end_to_end_matches_the_server_tally(glm_conn: Any, context: dict[
 
 
 def test_deferred_batch_and_trigger_serialization(glm_conn: Any, context: dict[str, Any], url: str) -> None:
+    glm_conn.pause_batches()  # the batch is surely still running when the second execute looks
     op = batch_operator(url, rows=rows(5), deferrable=True)
     with pytest.raises(TaskDeferred) as deferred:
         op.execute(context)
     path, kwargs = deferred.value.trigger.serialize()
     assert path == "airflow_provider_glm.triggers.batch.GLMBatchTrigger"
-    assert set(kwargs) == {"batch_ids", "glm_conn_id", "poll_interval"}
+    assert set(kwargs) == {"batch_ids", "glm_conn_id", "poll_interval", "end_time", "cancel_on_kill"}
     assert glm_conn.api_key not in repr(kwargs)
-    assert run_deferred(batch_operator(url, rows=rows(5), deferrable=True), context) is not None
+    second = batch_operator(url, rows=rows(5), deferrable=True)
+    with pytest.raises(TaskDeferred) as again:
+        second.execute(context)
+    glm_conn.resume_batches()
+    assert resume(second, again.value, context) is not None
     assert glm_conn.stats.batches_created == 1, "the second execute re-attached instead of submitting again"
 
 
 def test_retry_after_the_batch_was_created_reattaches(glm_conn: Any, context: dict[str, Any], url: str) -> None:
-    glm_conn.batch_script(BatchOutcome.slow(steps=40))
+    glm_conn.pause_batches()
     op = batch_operator(url, rows=rows(8), deferrable=True)
     with pytest.raises(TaskDeferred):
         op.execute(context)
     context["ti"].try_number = 2
-    out = run_deferred(batch_operator(url, rows=rows(8), deferrable=True), context)
+    retry = batch_operator(url, rows=rows(8), deferrable=True)
+    with pytest.raises(TaskDeferred) as deferred:
+        retry.execute(context)
+    glm_conn.resume_batches()
+    out = resume(retry, deferred.value, context)
     assert len(out) == 8 and glm_conn.stats.batches_created == 1
     assert len(SQLSink.from_url(url).usage(SCOPE)) == 8
 
 
 def test_reattach_without_the_state_store_uses_batch_metadata(glm_conn: Any, context: dict[str, Any],
                                                               url: str) -> None:
-    glm_conn.batch_script(BatchOutcome.slow(steps=40))
+    glm_conn.pause_batches()
     with pytest.raises(TaskDeferred):
         batch_operator(url, rows=rows(4), deferrable=True).execute(context)
     context["task_state_store"].clear()
-    run_deferred(batch_operator(url, rows=rows(4), deferrable=True), context)
+    retry = batch_operator(url, rows=rows(4), deferrable=True)
+    with pytest.raises(TaskDeferred) as deferred:
+        retry.execute(context)
+    glm_conn.resume_batches()
+    resume(retry, deferred.value, context)
     assert glm_conn.stats.batches_created == 1
 
 
@@ -132,11 +150,12 @@ def test_expired_batch_writes_what_completed(glm_conn: Any, context: dict[str, A
 
 
 def test_kill_cancels_the_batch(glm_conn: Any, context: dict[str, Any], url: str) -> None:
-    glm_conn.batch_script(BatchOutcome.slow(steps=200))
+    glm_conn.pause_batches()
     op = batch_operator(url, rows=rows(4), deferrable=True)
     with pytest.raises(TaskDeferred):
         op.execute(context)
     op.on_kill()
+    glm_conn.resume_batches()
     assert glm_conn.stats.cancels == 1
     assert glm_conn.batches[-1]["status"] in ("cancelling", "cancelled")
 
@@ -172,3 +191,95 @@ def test_a_lone_surrogate_does_not_break_the_batch_file(glm_conn: Any, context: 
     assert out[:3] == [f"Summary: Summarize: night note {i}" for i in range(3)]
     assert glm_conn.stats.batches_created == 1
     assert len(SQLSink.from_url(url).results(SCOPE)) == 4
+
+
+# --- crash windows: a try dies between two steps; the next try neither loses nor double-buys a row --------
+
+
+class Crash(Exception):
+    """Stands for the worker dying at that point."""
+
+
+def crash_on(monkeypatch: pytest.MonkeyPatch, name: str, after: int) -> list[int]:
+    """Make ``BatchJobs.<name>`` die on its call number ``after + 1``."""
+    from airflow_provider_glm import batch_jobs
+
+    original = getattr(batch_jobs.BatchJobs, name)
+    calls: list[int] = []
+
+    async def dying(self: Any, *args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) == after + 1:
+            raise Crash(name)
+        return await original(self, *args, **kwargs)
+
+    monkeypatch.setattr(batch_jobs.BatchJobs, name, dying)
+    return calls
+
+
+def each_row_billed_once(glm_conn: Any, url: str, count: int) -> None:
+    sink = SQLSink.from_url(url)
+    results = sink.results(SCOPE)
+    assert [r["status"] for r in results] == ["ok"] * count
+    assert glm_conn.stats.billed_responses == count, "a row was bought twice"
+    assert len(sink.usage(SCOPE)) == count
+
+
+def test_crash_between_upload_and_batch_creation(glm_conn: Any, context: dict[str, Any], url: str,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    with monkeypatch.context() as m:
+        crash_on(m, "_create", after=0)
+        with pytest.raises(Crash):
+            batch_operator(url, rows=rows(6)).execute(context)
+    assert glm_conn.stats.files_uploaded == 1
+    assert glm_conn.stats.batches_created == 0
+    context["ti"].try_number = 2
+    assert len(batch_operator(url, rows=rows(6)).execute(context)) == 6
+    assert glm_conn.stats.batches_created == 1
+    each_row_billed_once(glm_conn, url, 6)
+
+
+def test_crash_between_two_submissions_submits_only_the_rest(glm_conn: Any, context: dict[str, Any], url: str,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    glm_conn.pause_batches()  # the first batch is still running when the retry looks
+    with monkeypatch.context() as m:
+        crash_on(m, "_create", after=1)
+        with pytest.raises(Crash):
+            batch_operator(url, rows=rows(6), max_lines_per_file=3, deferrable=True).execute(context)
+    assert glm_conn.stats.batches_created == 1
+    context["ti"].try_number = 2
+    retry = batch_operator(url, rows=rows(6), max_lines_per_file=3, deferrable=True)
+    with pytest.raises(TaskDeferred) as deferred:
+        retry.execute(context)
+    assert glm_conn.stats.batches_created == 2, "the rows the first batch holds were not submitted again"
+    assert sorted(b["request_counts"]["total"] for b in glm_conn.batches) == [3, 3]
+    glm_conn.resume_batches()
+    assert len(resume(retry, deferred.value, context)) == 6
+    each_row_billed_once(glm_conn, url, 6)
+
+
+def test_crash_after_completion_before_collection(glm_conn: Any, context: dict[str, Any], url: str,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    with monkeypatch.context() as m:
+        crash_on(m, "record", after=0)
+        with pytest.raises(Crash):
+            batch_operator(url, rows=rows(5)).execute(context)
+    assert glm_conn.batches[-1]["status"] == "completed"
+    assert SQLSink.from_url(url).results(SCOPE) == []
+    context["ti"].try_number = 2
+    out = batch_operator(url, rows=rows(5)).execute(context)
+    assert out == [f"Summary: Summarize: night note {i}" for i in range(5)]
+    assert glm_conn.stats.batches_created == 1, "the finished batch was collected, not submitted again"
+    each_row_billed_once(glm_conn, url, 5)
+
+
+def test_budget_refuses_a_batch_before_uploading(glm_conn: Any, context: dict[str, Any], url: str) -> None:
+    from airflow.sdk.exceptions import AirflowFailException
+
+    op = batch_operator(url, rows=rows(4), request_params={"max_tokens": 50}, max_total_tokens=100)
+    with pytest.raises(AirflowFailException, match="max_total_tokens=100"):
+        op.execute(context)
+    assert glm_conn.stats.files_uploaded == 0
+    assert {r["status"] for r in SQLSink.from_url(url).results(SCOPE)} == {"skipped"}
+    out = batch_operator(url, rows=rows(4), request_params={"max_tokens": 50}, max_total_tokens=100_000)
+    assert len(out.execute({**context, "ti": type(context["ti"])(try_number=2)})) == 4

@@ -13,7 +13,7 @@ from pydantic import BaseModel
 
 from airflow_provider_glm.exceptions import GLMInvalidOutputError, GLMRowsFailedError
 from airflow_provider_glm.operators.chat import GLMChatOperator
-from airflow_provider_glm.sinks.records import RunScope
+from airflow_provider_glm.records import RunScope
 from airflow_provider_glm.sinks.sql import SQLSink
 from airflow_provider_glm.testing import Fault
 
@@ -234,6 +234,7 @@ def test_json_rows_validated_by_json_schema(glm_conn: Any, context: dict[str, An
     schema = {"type": "object", "required": ["summary", "chars"],
               "properties": {"chars": {"type": "integer", "maximum": 12}}}
     data = [{"id": 1, "text": "short"}, {"id": 2, "text": "a much longer text"}]
+    glm_conn.answer(match="a much longer text", json={"summary": "a much longer text", "chars": 18})
     with pytest.raises(GLMRowsFailedError, match="maximum"):
         row_operator(None, rows=data, prompt="{{ row.text }}", output_schema=schema).execute(context)
     out = row_operator(None, rows=data[:1], prompt="{{ row.text }}", output_schema=schema).execute(context)

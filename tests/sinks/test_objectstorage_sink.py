@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from _databases import BACKENDS, server_url
 
 from airflow_provider_glm.sinks.objectstorage import FIELDS, JSONLResultsExport
-from airflow_provider_glm.sinks.records import ResultRecord, RunScope
+from airflow_provider_glm.records import ResultRecord, RunScope
 from airflow_provider_glm.sinks.sql import SQLSink
 
 SCOPE = RunScope("dag", "task", "run-1")
