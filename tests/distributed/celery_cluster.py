@@ -41,8 +41,9 @@ from typing import Any, TypeVar
 
 import httpx
 from scratch_services import POSTGRES_URL, REDIS_URL, free_ports, scratch_database, scratch_redis_db
+from service_process import Service
 
-__all__ = ["CeleryCluster", "ClusterError", "ClusterSettings", "Service"]
+__all__ = ["CeleryCluster", "ClusterError", "ClusterSettings"]
 
 HERE = Path(__file__).resolve().parent
 AIRFLOW = str(Path(sys.executable).with_name("airflow"))
@@ -83,76 +84,6 @@ class ClusterSettings:
     redis_url: str = REDIS_URL
     start_timeout: float = 600.0
     stop_grace: float = 60.0
-
-
-@dataclass
-class Service:
-    """One long-running Airflow process, in its own process group, logging to a file.
-
-    :param name: short name (``scheduler``, ``worker-glm-worker-a``...).
-    :param argv: the command.
-    :param env: its whole environment.
-    :param log_path: where its stdout and stderr go.
-    """
-
-    name: str
-    argv: list[str]
-    env: dict[str, str]
-    log_path: Path
-    popen: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        with self.log_path.open("ab") as log:
-            self.popen = subprocess.Popen(self.argv, env=self.env, stdin=subprocess.DEVNULL, stdout=log,
-                                          stderr=subprocess.STDOUT, start_new_session=True)
-
-    @property
-    def pid(self) -> int:
-        assert self.popen is not None
-        return self.popen.pid
-
-    def exit_code(self) -> int | None:
-        """None while running."""
-        return None if self.popen is None else self.popen.poll()
-
-    def signal(self, signum: int) -> None:
-        if self.popen is not None and self.popen.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.pid, signum)
-
-    def wait(self, until: float) -> bool:
-        """Wait for the process to exit until the monotonic time ``until``; whether it did."""
-        if self.popen is None:
-            return True
-        try:
-            self.popen.wait(timeout=max(0.0, until - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            return False
-        return True
-
-    def kill_group(self, grace: float = 10.0) -> None:
-        """Stop whatever is left in the process group (children the main process did not end)."""
-        if self.popen is None:
-            return
-        for signum in (signal.SIGTERM, signal.SIGKILL):
-            try:
-                os.killpg(self.pid, signum)
-            except ProcessLookupError:
-                return
-            deadline = time.monotonic() + grace
-            while time.monotonic() < deadline and _group_alive(self.pid):
-                time.sleep(0.2)
-            if not _group_alive(self.pid):
-                return
-
-    def log_text(self) -> str:
-        try:
-            return self.log_path.read_text(encoding="utf-8", errors="replace")
-        except FileNotFoundError:
-            return ""
-
-    def tail(self, lines: int = 40) -> str:
-        return "\n".join(self.log_text().splitlines()[-lines:])
 
 
 class CeleryCluster:
@@ -293,11 +224,11 @@ class CeleryCluster:
         began = time.monotonic()
         started = [s for s in self.services if s.popen is not None]
         for service in started:
-            service.signal(signal.SIGTERM)
+            service.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + self.settings.stop_grace
         for service in started:
             if not service.wait(deadline):
-                service.signal(signal.SIGKILL)
+                service.send_signal(signal.SIGKILL)
                 service.wait(time.monotonic() + 30)
         for service in started:
             service.kill_group()
@@ -306,14 +237,23 @@ class CeleryCluster:
     # ------------------------------------------------------------------ waiting
 
     def _await(self, what: str, check: Callable[[], T | None], deadline: float) -> T:
-        """Look at ``check`` until it returns something truthy; fail at once if a process died."""
+        """Look at ``check`` until it returns something truthy; fail at once if a process died.
+
+        A look that cannot reach the API server (a busy machine, a restarting worker) counts as "not
+        yet"; the last such error is part of the timeout's message.
+        """
+        unreachable: Exception | None = None
         while True:
             self._raise_if_a_process_died(what)
-            result = check()
+            try:
+                result = check()
+            except httpx.TransportError as exc:
+                result, unreachable = None, exc
             if result:
                 return result
             if time.monotonic() >= deadline:
-                raise ClusterError(f"timed out waiting for {what}\n{self.failure_report()}")
+                last = f" (last API error: {type(unreachable).__name__}: {unreachable})" if unreachable else ""
+                raise ClusterError(f"timed out waiting for {what}{last}\n{self.failure_report()}")
             time.sleep(POLL_SECONDS)
 
     def _raise_if_a_process_died(self, waiting_for: str) -> None:
@@ -324,10 +264,7 @@ class CeleryCluster:
                                    f"{self.failure_report()}")
 
     def _healthy(self) -> bool:
-        try:
-            answer = self.http.get("/api/v2/monitor/health")
-        except httpx.TransportError:
-            return False
+        answer = self.http.get("/api/v2/monitor/health")
         if answer.status_code != 200:
             return False
         body = answer.json()
@@ -425,22 +362,3 @@ class CeleryCluster:
         except BaseException:
             print(self.failure_report())
             raise
-
-
-def _group_alive(pgid: int) -> bool:
-    """Whether a process other than a zombie is left in the process group."""
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    proc = Path("/proc")
-    if not proc.is_dir():
-        return True
-    for stat in proc.glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError, IndexError, ValueError):
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            if int(fields[2]) == pgid and fields[0] != "Z":
-                return True
-    return False
