@@ -149,7 +149,7 @@ class CeleryCluster:
         began = time.monotonic()
         for service in self.services:
             service.start()
-        self._http = httpx.Client(base_url=self.api_url, timeout=30.0)
+        self._http = httpx.Client(base_url=self.api_url, timeout=60.0)
         deadline = time.monotonic() + s.start_timeout
         self._await("the API server to report every component healthy", self._healthy, deadline)
         for name in s.workers:
