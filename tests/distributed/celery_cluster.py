@@ -27,6 +27,7 @@ must show Celery's ``ready.`` line.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import secrets
 import signal
@@ -153,9 +154,7 @@ class CeleryCluster:
         deadline = time.monotonic() + s.start_timeout
         self._await("the API server to report every component healthy", self._healthy, deadline)
         for name in s.workers:
-            worker = self.service(f"worker-{name}")
-            self._await(f"Celery worker {name} to be ready",
-                        lambda w=worker, n=name: f"@{n} ready." in w.log_text(), deadline)
+            self._await(f"Celery worker {name} to be ready", functools.partial(self._worker_ready, name), deadline)
         self.timings["ready"] = time.monotonic() - began
 
     def _base_env(self, api_port: int, trigger_log_port: int) -> dict[str, str]:
@@ -262,6 +261,9 @@ class CeleryCluster:
             if code is not None:
                 raise ClusterError(f"{service.name} exited with {code} while waiting for {waiting_for}\n"
                                    f"{self.failure_report()}")
+
+    def _worker_ready(self, name: str) -> bool:
+        return f"@{name} ready." in self.service(f"worker-{name}").log_text()
 
     def _healthy(self) -> bool:
         answer = self.http.get("/api/v2/monitor/health")

@@ -13,6 +13,7 @@ import os
 import socket
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -92,7 +93,8 @@ def scratch_redis_db(redis_url: str = REDIS_URL) -> Iterator[str]:
     owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
     with contextlib.closing(redis.Redis.from_url(base)) as admin:
         try:
-            count = int(admin.config_get("databases").get("databases", 16))
+            config: Any = admin.config_get("databases")
+            count = int(config.get("databases", 16))
         except redis.ResponseError:  # CONFIG disabled on a managed server: Redis's default
             count = 16
     for number in range(count - 1, 0, -1):
