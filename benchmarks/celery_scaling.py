@@ -222,10 +222,10 @@ def _report(ctx: Context, rows: int, runs: dict[str, list[dict[str, Any]]], star
         out.append(
             f"The pool held both variants to at most {POOL_SLOTS} requests in flight (server peaks "
             f"{a['peak']:.0f} and {b['peak']:.0f}). Eight mapped tasks on two workers gave {verdict} one task: "
-            "the pool, sized to the account, caps throughput either way, and (a) pays a task start per "
-            f"partition (two waves of four), visible in its GLM phase ({a['phase']:.1f} s against "
-            f"{b['phase']:.1f} s). What the split buys is placement and recovery: the rows of one job run on "
-            "both workers, and a failed partition is retried alone."
+            "the pool, sized to the account, caps throughput either way, and (a) leaves slots idle while each "
+            "of its tasks starts and as each wave of four tasks ends, visible in its GLM phase "
+            f"({a['phase']:.1f} s against {b['phase']:.1f} s). What the split buys is placement and recovery: "
+            "the rows of one job run on both workers, and a failed partition is retried alone."
         )
         out.append("")
     return "\n".join(out)
