@@ -12,6 +12,8 @@ Sections, one module each:
 3. :mod:`benchmarks.parse_cost` -- import time of the operator module on top of ``airflow.sdk``.
 4. :mod:`benchmarks.memory` -- peak RSS of the operator with the SQL sink at 10k and 100k rows.
 5. :mod:`benchmarks.sink_write` -- ``SQLSink.write`` rows/s into SQLite, PostgreSQL and MariaDB.
+6. :mod:`benchmarks.celery_scaling` -- 8 mapped tasks on the CeleryExecutor with two workers vs one
+   task at the same total concurrency (the Celery test's harness; skipped in ``--quick`` mode).
 """
 
 from __future__ import annotations
@@ -22,5 +24,6 @@ SECTIONS: dict[str, str] = {
     "parse": "benchmarks.parse_cost",
     "memory": "benchmarks.memory",
     "sink": "benchmarks.sink_write",
+    "celery": "benchmarks.celery_scaling",
 }
-"""Section key -> module, in report order (``--sections`` also accepts 1..5)."""
+"""Section key -> module, in report order (``--sections`` also accepts 1..6)."""
