@@ -21,6 +21,7 @@ import pendulum
 from airflow.sdk import dag, task
 
 from airflow_provider_glm.operators.chat import GLMChatOperator
+from airflow_provider_glm.partitioning import split_rows as split_evenly
 
 WAREHOUSE_URL = os.environ.get("GLM_WAREHOUSE_URL")
 POOL = "glm_account"
@@ -40,8 +41,7 @@ def build(dag_id: str, partitions: int, concurrency: int) -> None:
         def split_rows(params: dict | None = None) -> list[list[dict]]:
             total = int((params or {}).get("rows", DEFAULT_ROWS))
             rows = [{"id": f"r{i:06d}", "text": f"review {i}: the pump works well"} for i in range(total)]
-            size = -(-total // partitions)
-            return [rows[start : start + size] for start in range(0, total, size)]
+            return split_evenly(rows, partitions)
 
         GLMChatOperator.partial(
             task_id="answer",
@@ -51,11 +51,7 @@ def build(dag_id: str, partitions: int, concurrency: int) -> None:
             results_table=RESULTS_TABLE,
             usage_table=USAGE_TABLE,
             max_concurrency=concurrency,
-            pool=POOL,
-            # The pool bounds requests in flight only if each task holds as many slots as rows it
-            # sends at once. Given explicitly for now; once `pool_slots` defaults to `max_concurrency`
-            # when a pool is set (issue 12), this line can go.
-            pool_slots=concurrency,
+            pool=POOL,  # in a pool, each task holds max_concurrency slots (pool_slots defaults to it)
             retries=2,
             retry_delay=dt.timedelta(seconds=2),
         ).expand(rows=split_rows())
