@@ -164,7 +164,8 @@ def test_every_field_is_nullable_and_the_default_extra_json_is_harmless() -> Non
 
     assert all("null" in field["schema"]["type"] for field in FIELDS.values())
     initial = {name: field["schema"].get("default") for name, field in FIELDS.items()}
-    assert initial["auth"] == "bearer" and [v for k, v in initial.items() if k != "auth"] == [None] * (len(FIELDS) - 1)
+    assert initial["auth"] == "bearer"
+    assert [v for k, v in initial.items() if k != "auth"] == [None] * (len(FIELDS) - 1)
     for extra in (initial, dict.fromkeys(FIELDS)):
         conn = Connection(conn_id="glm_form", conn_type="glm", password="test-key-123456", extra=extra)
         settings = ConnectionSettings.from_connection(conn)
@@ -180,7 +181,8 @@ def test_every_field_has_a_label_a_section_and_a_description_with_its_default() 
                 "max_connections": str(constants.DEFAULT_MAX_CONNECTIONS),
                 "max_response_bytes": str(constants.DEFAULT_MAX_RESPONSE_BYTES)}
     for name, field in FIELDS.items():
-        assert field["label"] and field["schema"]["section"], name
+        assert field["label"], name
+        assert field["schema"]["section"], name
         if name in defaults:
             assert f"Empty: {defaults[name]}" in field["description"], name
     assert FIELDS["model"]["schema"]["section"] == FIELDS["auth"]["schema"]["section"] == "Model and auth"

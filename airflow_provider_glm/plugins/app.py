@@ -95,6 +95,9 @@ def create_app(config: "SpendConfig | None" = None) -> FastAPI:
     """Build the app.
 
     :param config: where the tables are; default: read from ``airflow.cfg`` on each request.
+
+    The two auth dependencies are in ``app.state.auth_dependencies`` (``may_read_dags``: the route
+    guard, ``readable_dag_ids``: the DAG filter), for ``app.dependency_overrides`` in benchmarks.
     """
     from airflow.api_fastapi.app import get_auth_manager
     from airflow.api_fastapi.core_api.security import GetUserDep, requires_access_dag
@@ -139,7 +142,9 @@ def create_app(config: "SpendConfig | None" = None) -> FastAPI:
                                "connection of the database that holds the usage ledger")
         return SpendQueries(engines.get(cfg.spend_conn_id), cfg.usage_table, cfg.results_table, cfg.runs_table)
 
-    guard = [Depends(requires_access_dag("GET"))]
+    may_read_dags = requires_access_dag("GET")
+    guard = [Depends(may_read_dags)]
+    app.state.auth_dependencies = {"may_read_dags": may_read_dags, "readable_dag_ids": readable_dag_ids}
     Filters = Annotated[SpendFilters, Depends(filters)]
 
     @app.exception_handler(_Unavailable)

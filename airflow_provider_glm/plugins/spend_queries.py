@@ -6,7 +6,10 @@ filters on the period first (``created_at`` for the ledger, ``updated_at`` for r
 ``started_at`` for runs), then on the DAGs the user may read, then on the optional DAG and model.
 
 Costs are never added across currencies: every cost figure comes per currency (``""`` when the
-ledger has no price for the model). Days are UTC calendar days.
+ledger has no price for the model). Days are UTC calendar days. Every grouped expression is a plain
+column or a function of one without bound parameters: with server-side binding (psycopg 3, which
+Airflow's postgres provider uses) ``coalesce(x, $1)`` in the select list and ``coalesce(x, $2)`` in
+``GROUP BY`` are different expressions to PostgreSQL.
 
 Example::
 
@@ -122,7 +125,7 @@ class SpendQueries:
         day = self._day(t.c.created_at)
         query = (
             sa.select(
-                day.label("day"), t.c.dag_id, t.c.model, sa.func.coalesce(t.c.currency, "").label("currency"),
+                day.label("day"), t.c.dag_id, t.c.model, t.c.currency,
                 sa.func.sum(known).label("calls"),
                 sa.func.count().label("entries"),
                 sa.func.sum(unpriced).label("unpriced_calls"),
@@ -133,7 +136,7 @@ class SpendQueries:
                 sa.func.sum(t.c.unknown_cost_max).label("possibly_billed_cost_max"),
             )
             .where(*self._ledger_where(f))
-            .group_by(day, t.c.dag_id, t.c.model, sa.func.coalesce(t.c.currency, ""))
+            .group_by(day, t.c.dag_id, t.c.model, t.c.currency)
         )
         rows = self._fetch(query)
         counters = ("calls", "entries", "unpriced_calls", *_TOKENS, "possibly_billed_attempts",
@@ -175,11 +178,10 @@ class SpendQueries:
         )
         u = self.usage
         spend = (
-            sa.select(u.c.dag_id, u.c.task_id, sa.func.coalesce(u.c.currency, "").label("currency"),
-                      sa.func.count().label("entries"), sa.func.sum(u.c.total_tokens).label("total_tokens"),
-                      sa.func.sum(u.c.cost).label("cost"))
+            sa.select(u.c.dag_id, u.c.task_id, u.c.currency, sa.func.count().label("entries"),
+                      sa.func.sum(u.c.total_tokens).label("total_tokens"), sa.func.sum(u.c.cost).label("cost"))
             .where(*self._ledger_where(f))
-            .group_by(u.c.dag_id, u.c.task_id, sa.func.coalesce(u.c.currency, ""))
+            .group_by(u.c.dag_id, u.c.task_id, u.c.currency)
         )
         table: dict[tuple[str, str], dict[str, Any]] = {}
 
@@ -210,12 +212,12 @@ class SpendQueries:
         u = self.usage
         cost = sa.func.sum(u.c.cost)
         query = (
-            sa.select(u.c.dag_id, u.c.run_id, sa.func.coalesce(u.c.currency, "").label("currency"),
-                      sa.func.count().label("entries"), sa.func.sum(u.c.total_tokens).label("total_tokens"),
+            sa.select(u.c.dag_id, u.c.run_id, u.c.currency, sa.func.count().label("entries"),
+                      sa.func.sum(u.c.total_tokens).label("total_tokens"),
                       cost.label("cost"), sa.func.min(u.c.created_at).label("first_call"),
                       sa.func.max(u.c.created_at).label("last_call"))
             .where(*self._ledger_where(f))
-            .group_by(u.c.dag_id, u.c.run_id, sa.func.coalesce(u.c.currency, ""))
+            .group_by(u.c.dag_id, u.c.run_id, u.c.currency)
             .order_by(sa.func.coalesce(cost, 0).desc(), u.c.dag_id, u.c.run_id)
             .limit(f.limit)
         )
@@ -282,7 +284,7 @@ class SpendQueries:
     def _day(self, column: sa.Column[Any]) -> sa.ColumnElement[Any]:
         """The UTC calendar day of a timestamp, in the dialect's own terms."""
         if self._engine.dialect.name == "postgresql":
-            return sa.func.date(sa.func.timezone("UTC", column))
+            return sa.func.date(sa.func.timezone(sa.literal_column("'UTC'"), column))
         return sa.func.date(column)
 
     def _fetch(self, query: sa.Select[Any]) -> list[dict[str, Any]]:
@@ -291,6 +293,9 @@ class SpendQueries:
                 conn = conn.execution_options(postgresql_readonly=True)
             rows = [dict(row) for row in conn.execute(query).mappings()]
             conn.rollback()
+        for row in rows:
+            if "currency" in row:
+                row["currency"] = row["currency"] or ""
         return rows
 
 

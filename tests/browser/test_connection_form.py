@@ -51,7 +51,8 @@ def test_help_texts_and_auth_choices(browser: Any, server: ApiServer) -> None:
 
     base_url = dialog.get_by_label("Base URL (empty: BigModel)")
     placeholder = base_url.get_attribute("placeholder")
-    assert constants.DEFAULT_BASE_URL in placeholder and constants.ZAI_BASE_URL in placeholder
+    assert constants.DEFAULT_BASE_URL in placeholder
+    assert constants.ZAI_BASE_URL in placeholder
     assert "jwt" in dialog.get_by_label("API Key").get_attribute("placeholder")
 
     dialog.get_by_role("button", name="Model and auth").click()
