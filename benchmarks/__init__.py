@@ -12,6 +12,7 @@ Sections, one module each:
 3. :mod:`benchmarks.parse_cost` -- import time of the operator module on top of ``airflow.sdk``.
 4. :mod:`benchmarks.memory` -- peak RSS of the operator with the SQL sink at 10k and 100k rows.
 5. :mod:`benchmarks.sink_write` -- ``SQLSink.write`` rows/s into SQLite, PostgreSQL and MariaDB.
+6. :mod:`benchmarks.spend_page` -- the spend page's JSON endpoints and page on a 1M-row ledger in PostgreSQL.
 """
 
 from __future__ import annotations
@@ -22,5 +23,6 @@ SECTIONS: dict[str, str] = {
     "parse": "benchmarks.parse_cost",
     "memory": "benchmarks.memory",
     "sink": "benchmarks.sink_write",
+    "spend": "benchmarks.spend_page",
 }
-"""Section key -> module, in report order (``--sections`` also accepts 1..5)."""
+"""Section key -> module, in report order (``--sections`` also accepts 1..6)."""

@@ -28,6 +28,7 @@ TITLES = {
     "parse": "## 3. DAG parse cost",
     "memory": "## 4. Memory",
     "sink": "## 5. Sink write rate",
+    "spend": "## 6. Spend page",
 }
 
 
@@ -39,7 +40,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--sections",
         default="all",
-        help="comma-separated: throughput,client,parse,memory,sink or 1..5 (default all)",
+        help="comma-separated: throughput,client,parse,memory,sink,spend or 1..6 (default all)",
     )
     parser.add_argument("--out", default=str(REPO / "docs" / "benchmarks.md"), help="Markdown report path")
     parser.add_argument(

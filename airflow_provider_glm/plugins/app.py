@@ -12,6 +12,7 @@ annotations at runtime, and they name types imported inside :func:`create_app`.
 
 import datetime as dt
 import functools
+import logging
 import threading
 from dataclasses import dataclass
 from importlib import resources
@@ -21,6 +22,7 @@ from urllib.parse import quote, urlencode
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, status
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+from sqlalchemy.exc import SQLAlchemyError
 
 from airflow_provider_glm.plugins import svg_chart
 from airflow_provider_glm.plugins.spend_queries import SpendFilters, SpendQueries
@@ -29,6 +31,8 @@ if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
 
 __all__ = ["SpendConfig", "create_app"]
+
+log = logging.getLogger(__name__)
 
 _DEFAULT_DAYS = 30
 _CHART_SERIES = 8
@@ -154,6 +158,13 @@ def create_app(config: "SpendConfig | None" = None) -> FastAPI:
         return HTMLResponse(_render("message.html", title="GLM spend is not available", message=str(exc)),
                             status_code=status.HTTP_503_SERVICE_UNAVAILABLE)
 
+    @app.exception_handler(SQLAlchemyError)
+    def unreadable(request: Request, exc: SQLAlchemyError) -> Response:
+        log.warning("GLM spend page: reading the spend tables failed", exc_info=exc)
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0][:300]
+        return unavailable(request, _Unavailable(f"cannot read the spend tables ({type(exc).__name__}: {reason}); "
+                                                 "check [glm] spend_conn_id and the table names"))
+
     @app.get("/api/summary", dependencies=guard)
     def summary(f: Filters) -> dict[str, Any]:
         """Totals, and the same sums per DAG and per model."""
@@ -183,9 +194,8 @@ def create_app(config: "SpendConfig | None" = None) -> FastAPI:
     @app.get("/", dependencies=guard, response_class=HTMLResponse)
     def page(f: Filters, currency: str | None = None) -> HTMLResponse:
         """The spend page."""
-        q = queries()
-        overview = q.overview(f)
-        context = _page_context(f, overview, q.tasks(f), q.expensive_runs(f), q.budgets(f), currency)
+        data = queries().page(f)
+        context = _page_context(f, data["overview"], data["tasks"], data["runs"], data["budgets"], currency)
         return HTMLResponse(_render("spend.html", **context))
 
     @app.exception_handler(HTTPException)

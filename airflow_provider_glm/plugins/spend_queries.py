@@ -20,9 +20,11 @@ Example::
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -41,6 +43,15 @@ __all__ = ["SpendFilters", "SpendQueries"]
 
 _TOKENS = ("prompt_tokens", "completion_tokens", "total_tokens", "cached_tokens", "reasoning_tokens")
 _RESULT_STATUSES = ("ok", "failed", "filtered", "skipped")
+_PG_UTC = sa.text("SELECT set_config('TimeZone', 'UTC', true)")
+"""Every read transaction on PostgreSQL counts days in UTC, so a plain ``::date`` cast gives the UTC day."""
+_PG_HASH_GROUPS = sa.text(
+    "SELECT set_config('TimeZone', 'UTC', true), set_config('enable_sort', 'off', true), "
+    "set_config('work_mem', '64MB', true)"
+)
+"""For the per-day query: hash, do not sort, to group. The planner multiplies the distinct counts of
+day, DAG, model and currency, expects about one group per row and sorts 300,000 rows on disk, where
+a hash table of a few thousand groups takes half the time."""
 
 
 @dataclass(frozen=True)
@@ -84,6 +95,14 @@ class SpendFilters:
                                                                               microsecond=0)
         return cls(start=today - dt.timedelta(days=days - 1), end=today + dt.timedelta(days=1), **kwargs)
 
+    def split(self, parts: int) -> list[SpendFilters]:
+        """The period cut into up to ``parts`` consecutive pieces at UTC midnights (fewer for short periods)."""
+        days = self.days()
+        size = -(-len(days) // max(1, min(parts, len(days))))
+        cuts = [dt.datetime.fromisoformat(day).replace(tzinfo=dt.UTC) for day in days[size::size]]
+        bounds = [self.start, *cuts, self.end]
+        return [dataclasses.replace(self, start=a, end=b) for a, b in zip(bounds, bounds[1:], strict=False)]
+
     def days(self) -> list[str]:
         """Every UTC day of the period, ``YYYY-MM-DD``, oldest first."""
         day = self.start.astimezone(dt.UTC).date()
@@ -115,17 +134,26 @@ class SpendQueries:
     # --- the page's sections --------------------------------------------------------------------
 
     def overview(self, f: SpendFilters) -> dict[str, Any]:
-        """Totals, per-DAG and per-model sums, and the daily series, from one grouped ledger query.
+        """Totals, per-DAG and per-model sums, and the daily series, from the ledger grouped per day.
+
+        The period is read as two concurrent halves, as in :meth:`page`.
 
         :return: ``{"totals", "by_dag", "by_model", "daily"}``; see docs/dashboard.md.
         """
+        parts = self._concurrently(*(lambda part=part: self._fetch(self._ledger_sums(part, ()), hash_groups=True)
+                                     for part in f.split(2)))
+        return _fold_overview([row for part in parts for row in part], f.stack)
+
+    def _ledger_sums(self, f: SpendFilters, extra_keys: tuple[str, ...]) -> sa.Select[Any]:
+        """The ledger grouped by UTC day, DAG, model, currency and ``extra_keys``, with every sum."""
         t = self.usage
         known = sa.case((t.c.billing == "known", 1), else_=0)
         unpriced = sa.case((sa.and_(t.c.billing == "known", t.c.cost.is_(None)), 1), else_=0)
         day = self._day(t.c.created_at)
-        query = (
+        keys = [t.c.dag_id, *(t.c[key] for key in extra_keys), t.c.model, t.c.currency]
+        return (
             sa.select(
-                day.label("day"), t.c.dag_id, t.c.model, t.c.currency,
+                day.label("day"), *keys,
                 sa.func.sum(known).label("calls"),
                 sa.func.count().label("entries"),
                 sa.func.sum(unpriced).label("unpriced_calls"),
@@ -134,33 +162,12 @@ class SpendQueries:
                 sa.func.sum(t.c.unknown_billing_attempts).label("possibly_billed_attempts"),
                 sa.func.sum(t.c.unknown_tokens_max).label("possibly_billed_tokens_max"),
                 sa.func.sum(t.c.unknown_cost_max).label("possibly_billed_cost_max"),
+                sa.func.min(t.c.created_at).label("first_call"),
+                sa.func.max(t.c.created_at).label("last_call"),
             )
             .where(*self._ledger_where(f))
-            .group_by(day, t.c.dag_id, t.c.model, t.c.currency)
+            .group_by(day, *keys)
         )
-        rows = self._fetch(query)
-        counters = ("calls", "entries", "unpriced_calls", *_TOKENS, "possibly_billed_attempts",
-                    "possibly_billed_tokens_max")
-        money = ("cost", "possibly_billed_cost_max")
-        totals = _Sums(counters, money)
-        by_dag: dict[str, _Sums] = defaultdict(lambda: _Sums(counters, money))
-        by_model: dict[str, _Sums] = defaultdict(lambda: _Sums(counters, money))
-        daily: dict[tuple[str, str, str], _Sums] = defaultdict(lambda: _Sums(("calls", "total_tokens"), ("cost",)))
-        for row in rows:
-            row["day"] = str(row["day"])[:10]
-            totals.add(row)
-            by_dag[row["dag_id"]].add(row)
-            by_model[row["model"]].add(row)
-            key = row["model"] if f.stack == "model" else row["dag_id"]
-            daily[(row["day"], key, row["currency"])].add(row)
-        return {
-            "totals": totals.as_dict(),
-            "by_dag": [{"dag_id": k, **v.as_dict()} for k, v in sorted(by_dag.items())],
-            "by_model": [{"model": k, **v.as_dict()} for k, v in sorted(by_model.items())],
-            "daily": [
-                {"day": d, "key": k, "currency": c, **v.as_dict()} for (d, k, c), v in sorted(daily.items())
-            ],
-        }
 
     def tasks(self, f: SpendFilters) -> list[dict[str, Any]]:
         """Per DAG and task: result rows by outcome (results table) and spend (ledger).
@@ -168,44 +175,71 @@ class SpendQueries:
         ``rows`` counts result rows written in the period; ``reused`` those whose answer came from an
         earlier run at no cost; ``cost_per_1000_rows`` is the ledger cost over ``rows``, per currency.
         """
+        outcomes, spend = self._concurrently(lambda: self._fetch(self._task_outcomes(f)),
+                                             lambda: self._fetch(self._task_spend(f)))
+        return _merge_tasks(outcomes, spend)
+
+    def page(self, f: SpendFilters) -> dict[str, Any]:
+        """Everything the page shows, from one scan of the ledger's period and one of the results'.
+
+        The ledger is grouped by day, DAG, task, run, model and currency once, and the overview, the
+        per-task spend and the expensive runs are summed from those groups (a few per task run). The
+        ledger is read as two half-periods split at a day boundary (days are grouping keys, so the
+        halves' groups never overlap), concurrently with the results and runs queries, each on its
+        own connection: the database can use a core for each.
+
+        :return: ``{"overview", "tasks", "runs", "budgets"}``, as the methods of the same names return.
+        """
+        halves = f.split(2)
+        *parts, outcomes, budgets = self._concurrently(
+            *(lambda part=part: self._fetch(self._ledger_sums(part, ("task_id", "run_id")), hash_groups=True)
+              for part in halves),
+            lambda: self._fetch(self._task_outcomes(f)), lambda: self.budgets(f))
+        grains = [row for part in parts for row in part]
+        spend: dict[tuple[str, str, str], dict[str, Any]] = {}
+        runs: dict[tuple[str, str, str], dict[str, Any]] = {}
+        for row in grains:
+            task = spend.setdefault((row["dag_id"], row["task_id"], row["currency"]), {
+                "dag_id": row["dag_id"], "task_id": row["task_id"], "currency": row["currency"],
+                "entries": 0, "total_tokens": 0, "cost": None})
+            run = runs.setdefault((row["dag_id"], row["run_id"], row["currency"]), {
+                "dag_id": row["dag_id"], "run_id": row["run_id"], "currency": row["currency"], "entries": 0,
+                "total_tokens": 0, "cost": None, "first_call": row["first_call"], "last_call": row["last_call"]})
+            for item in (task, run):
+                item["entries"] += int(row["entries"])
+                item["total_tokens"] += int(row["total_tokens"] or 0)
+                if row["cost"] is not None:
+                    item["cost"] = (item["cost"] or Decimal(0)) + Decimal(row["cost"])
+            run["first_call"] = min(run["first_call"], row["first_call"])
+            run["last_call"] = max(run["last_call"], row["last_call"])
+        top = sorted(runs.values(), key=lambda r: (-(r["cost"] or 0), r["dag_id"], r["run_id"], r["currency"]))
+        return {"overview": _fold_overview(grains, f.stack), "tasks": _merge_tasks(outcomes, list(spend.values())),
+                "runs": [_run_row(r) for r in top[:f.limit]], "budgets": budgets}
+
+    def _task_outcomes(self, f: SpendFilters) -> sa.Select[Any]:
         r = self.results
         reused = sa.case((r.c.reused_from_run_id.is_not(None), 1), else_=0)
-        outcome = (
+        return (
             sa.select(r.c.dag_id, r.c.task_id, r.c.status, sa.func.count().label("n"),
                       sa.func.sum(reused).label("reused"))
             .where(*self._results_where(f))
             .group_by(r.c.dag_id, r.c.task_id, r.c.status)
         )
+
+    def _task_spend(self, f: SpendFilters) -> sa.Select[Any]:
         u = self.usage
-        spend = (
+        return (
             sa.select(u.c.dag_id, u.c.task_id, u.c.currency, sa.func.count().label("entries"),
                       sa.func.sum(u.c.total_tokens).label("total_tokens"), sa.func.sum(u.c.cost).label("cost"))
             .where(*self._ledger_where(f))
             .group_by(u.c.dag_id, u.c.task_id, u.c.currency)
         )
-        table: dict[tuple[str, str], dict[str, Any]] = {}
 
-        def entry(dag_id: str, task_id: str) -> dict[str, Any]:
-            return table.setdefault((dag_id, task_id), {
-                "dag_id": dag_id, "task_id": task_id, "rows": 0, **dict.fromkeys(_RESULT_STATUSES, 0),
-                "other": 0, "reused": 0, "entries": 0, "total_tokens": 0, "cost": {}, "cost_per_1000_rows": {},
-            })
-
-        for row in self._fetch(outcome):
-            item = entry(row["dag_id"], row["task_id"])
-            item["rows"] += int(row["n"])
-            item[row["status"] if row["status"] in _RESULT_STATUSES else "other"] += int(row["n"])
-            item["reused"] += int(row["reused"] or 0)
-        for row in self._fetch(spend):
-            item = entry(row["dag_id"], row["task_id"])
-            item["entries"] += int(row["entries"])
-            item["total_tokens"] += int(row["total_tokens"] or 0)
-            if row["cost"] is not None:
-                item["cost"][row["currency"]] = _money(row["cost"])
-        for item in table.values():
-            if item["rows"]:
-                item["cost_per_1000_rows"] = {c: round(v * 1000 / item["rows"], 10) for c, v in item["cost"].items()}
-        return sorted(table.values(), key=lambda i: (-max(i["cost"].values(), default=0.0), i["dag_id"], i["task_id"]))
+    @staticmethod
+    def _concurrently(*calls: Callable[[], Any]) -> list[Any]:
+        """Run each call in its own thread (each query takes its own pooled connection)."""
+        with ThreadPoolExecutor(max_workers=len(calls), thread_name_prefix="glm-spend") as pool:
+            return [future.result() for future in [pool.submit(call) for call in calls]]
 
     def expensive_runs(self, f: SpendFilters) -> list[dict[str, Any]]:
         """The DAG runs that cost the most in the period, most expensive first (per currency)."""
@@ -221,15 +255,7 @@ class SpendQueries:
             .order_by(sa.func.coalesce(cost, 0).desc(), u.c.dag_id, u.c.run_id)
             .limit(f.limit)
         )
-        out = []
-        for row in self._fetch(query):
-            out.append({
-                "dag_id": row["dag_id"], "run_id": row["run_id"], "currency": row["currency"],
-                "entries": int(row["entries"]), "total_tokens": int(row["total_tokens"] or 0),
-                "cost": None if row["cost"] is None else _money(row["cost"]),
-                "first_call": _iso(row["first_call"]), "last_call": _iso(row["last_call"]),
-            })
-        return out
+        return [_run_row(row) for row in self._fetch(query)]
 
     def budgets(self, f: SpendFilters) -> list[dict[str, Any]]:
         """Task tries that set ``max_cost`` (runs table), the most burnt budget first."""
@@ -284,19 +310,81 @@ class SpendQueries:
     def _day(self, column: sa.Column[Any]) -> sa.ColumnElement[Any]:
         """The UTC calendar day of a timestamp, in the dialect's own terms."""
         if self._engine.dialect.name == "postgresql":
-            return sa.func.date(sa.func.timezone(sa.literal_column("'UTC'"), column))
+            # A plain cast: _fetch sets the transaction's time zone to UTC. Twice as fast as
+            # date(timezone('UTC', x)) on a 300,000-row period.
+            return sa.cast(column, sa.Date)
         return sa.func.date(column)
 
-    def _fetch(self, query: sa.Select[Any]) -> list[dict[str, Any]]:
+    def _fetch(self, query: sa.Select[Any], *, hash_groups: bool = False) -> list[dict[str, Any]]:
         with self._engine.connect() as conn:
             if conn.dialect.name == "postgresql":
                 conn = conn.execution_options(postgresql_readonly=True)
+                conn.execute(_PG_HASH_GROUPS if hash_groups else _PG_UTC)
             rows = [dict(row) for row in conn.execute(query).mappings()]
             conn.rollback()
         for row in rows:
             if "currency" in row:
                 row["currency"] = row["currency"] or ""
         return rows
+
+
+def _fold_overview(rows: list[dict[str, Any]], stack: str) -> dict[str, Any]:
+    """Totals, per-DAG, per-model and per-day sums from ledger rows grouped at least by day, DAG and model."""
+    counters = ("calls", "entries", "unpriced_calls", *_TOKENS, "possibly_billed_attempts",
+                "possibly_billed_tokens_max")
+    money = ("cost", "possibly_billed_cost_max")
+    totals = _Sums(counters, money)
+    by_dag: dict[str, _Sums] = defaultdict(lambda: _Sums(counters, money))
+    by_model: dict[str, _Sums] = defaultdict(lambda: _Sums(counters, money))
+    daily: dict[tuple[str, str, str], _Sums] = defaultdict(lambda: _Sums(("calls", "total_tokens"), ("cost",)))
+    for row in rows:
+        day = str(row["day"])[:10]
+        totals.add(row)
+        by_dag[row["dag_id"]].add(row)
+        by_model[row["model"]].add(row)
+        daily[(day, row["model"] if stack == "model" else row["dag_id"], row["currency"])].add(row)
+    return {
+        "totals": totals.as_dict(),
+        "by_dag": [{"dag_id": k, **v.as_dict()} for k, v in sorted(by_dag.items())],
+        "by_model": [{"model": k, **v.as_dict()} for k, v in sorted(by_model.items())],
+        "daily": [{"day": d, "key": k, "currency": c, **v.as_dict()} for (d, k, c), v in sorted(daily.items())],
+    }
+
+
+def _run_row(row: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "dag_id": row["dag_id"], "run_id": row["run_id"], "currency": row["currency"],
+        "entries": int(row["entries"]), "total_tokens": int(row["total_tokens"] or 0),
+        "cost": None if row["cost"] is None else _money(row["cost"]),
+        "first_call": _iso(row["first_call"]), "last_call": _iso(row["last_call"]),
+    }
+
+
+def _merge_tasks(outcomes: list[dict[str, Any]], spend: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per DAG and task from the results counts and the ledger sums, the costliest first."""
+    table: dict[tuple[str, str], dict[str, Any]] = {}
+
+    def entry(dag_id: str, task_id: str) -> dict[str, Any]:
+        return table.setdefault((dag_id, task_id), {
+            "dag_id": dag_id, "task_id": task_id, "rows": 0, **dict.fromkeys(_RESULT_STATUSES, 0),
+            "other": 0, "reused": 0, "entries": 0, "total_tokens": 0, "cost": {}, "cost_per_1000_rows": {},
+        })
+
+    for row in outcomes:
+        item = entry(row["dag_id"], row["task_id"])
+        item["rows"] += int(row["n"])
+        item[row["status"] if row["status"] in _RESULT_STATUSES else "other"] += int(row["n"])
+        item["reused"] += int(row["reused"] or 0)
+    for row in spend:
+        item = entry(row["dag_id"], row["task_id"])
+        item["entries"] += int(row["entries"])
+        item["total_tokens"] += int(row["total_tokens"] or 0)
+        if row["cost"] is not None:
+            item["cost"][row["currency"]] = _money(row["cost"])
+    for item in table.values():
+        if item["rows"]:
+            item["cost_per_1000_rows"] = {c: round(v * 1000 / item["rows"], 10) for c, v in item["cost"].items()}
+    return sorted(table.values(), key=lambda i: (-max(i["cost"].values(), default=0.0), i["dag_id"], i["task_id"]))
 
 
 class _Sums:

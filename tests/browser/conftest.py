@@ -1,115 +1,29 @@
-"""The browser tests' harness: a real ``airflow api-server`` and headless Chromium.
-
-One Airflow home per session (its own metadata database, three DAGs, three users) is migrated
-once; each test starts the API servers it needs on free loopback ports, waits for their health
-endpoint, and stops them (process group and all) when the session ends. Chromium is Debian's
-``/usr/bin/chromium``, driven by Playwright; the tests never download a browser. Without it they
-skip, unless ``GLM_REQUIRE_BROWSER=1`` (CI), where a missing browser fails them.
-
-Nothing here sleeps to wait: servers are polled for health and pages for selectors, with generous
-limits, because the machine is small and shared.
-"""
+"""Fixtures of the browser tests; the harness itself is :mod:`_airflow_server`."""
 
 from __future__ import annotations
 
 import json
 import os
 import secrets
-import signal
-import socket
 import subprocess
-import sys
-import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
-
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parent.parent
-sys.path.insert(0, str(REPO / "tests" / "plugins"))  # the seeded ledger, shared with the SQL tests
-
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
-AIRFLOW = Path(sys.executable).with_name("airflow")
-DAG_IDS = ("glm_nightly_summary", "glm_enrichment", "glm_secret_costs")
-HIDDEN_DAG = "glm_secret_costs"
-USERS = {"admin": "admin", "viewer": "viewer", "restricted": "viewer"}
-"""User name -> simple auth manager role; ``restricted`` may not read :data:`HIDDEN_DAG`."""
-SERVER_START_LIMIT = 420.0
-UI_TIMEOUT_MS = 90_000
-
-
-def require_chromium() -> str:
-    """The browser's path; skip (or fail under ``GLM_REQUIRE_BROWSER=1``) when it is missing."""
-    if os.access(CHROMIUM, os.X_OK):
-        return CHROMIUM
-    message = f"Chromium not found at {CHROMIUM} (Debian package 'chromium'; .ci/run installs it)"
-    if os.environ.get("GLM_REQUIRE_BROWSER") == "1":
-        pytest.fail(message + " (GLM_REQUIRE_BROWSER=1: the browser tests must run)")
-    pytest.skip(message)
-
-
-@dataclass
-class AirflowHome:
-    """An AIRFLOW_HOME with a migrated metadata database, the test DAGs serialized, and users."""
-
-    path: Path
-    env: dict[str, str]
-    passwords: dict[str, str]
-
-    def run(self, *args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
-        done = subprocess.run([str(AIRFLOW), *args], env=self.env, capture_output=True, text=True,
-                              timeout=timeout, cwd=self.path, check=False)
-        assert done.returncode == 0, f"airflow {' '.join(args)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
-        return done
-
-
-@dataclass
-class ApiServer:
-    """A running ``airflow api-server``; :meth:`stop` ends its whole process group."""
-
-    url: str
-    process: subprocess.Popen[bytes]
-    log: Path
-    passwords: dict[str, str] = field(repr=False)
-
-    def token(self, user: str) -> str:
-        """A JWT for ``user`` from the simple auth manager's login endpoint."""
-        answer = httpx.post(f"{self.url}/auth/token", json={"username": user, "password": self.passwords[user]},
-                            timeout=60)
-        assert answer.status_code == 201, answer.text
-        return str(answer.json()["access_token"])
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(60)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(60)
-
-    def log_tail(self) -> str:
-        return self.log.read_text(errors="replace")[-4000:] if self.log.exists() else ""
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _dag_file(dag_id: str) -> str:
-    return (
-        "from airflow.providers.standard.operators.empty import EmptyOperator\n"
-        "from airflow.sdk import DAG\n\n"
-        f"with DAG(dag_id={dag_id!r}, schedule=None):\n"
-        "    EmptyOperator(task_id='noop')\n"
-    )
+from _airflow_server import (
+    AIRFLOW,
+    CHROMIUM_ARGS,
+    DAG_IDS,
+    HERE,
+    HIDDEN_DAG,
+    USERS,
+    AirflowHome,
+    ApiServer,
+    dag_file,
+    free_port,
+    require_chromium,
+    wait_healthy,
+)
 
 
 @pytest.fixture(scope="session")
@@ -119,7 +33,7 @@ def airflow_home(tmp_path_factory: pytest.TempPathFactory) -> AirflowHome:
     path = tmp_path_factory.mktemp("airflow-home")
     (path / "dags").mkdir()
     for dag_id in DAG_IDS:
-        (path / "dags" / f"{dag_id}.py").write_text(_dag_file(dag_id))
+        (path / "dags" / f"{dag_id}.py").write_text(dag_file(dag_id))
     passwords = {user: secrets.token_urlsafe(12) for user in USERS}
     (path / "passwords.json").write_text(json.dumps(passwords))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "GLM_TEST_", "PYTHONPATH"))}
@@ -150,7 +64,7 @@ def start_api_server(airflow_home: AirflowHome) -> Iterator[Callable[..., ApiSer
     started: list[ApiServer] = []
 
     def start(name: str, **extra_env: str) -> ApiServer:
-        port = _free_port()
+        port = free_port()
         log = airflow_home.path / f"api-server-{name}.log"
         with log.open("wb") as out:
             process = subprocess.Popen(
@@ -160,26 +74,12 @@ def start_api_server(airflow_home: AirflowHome) -> Iterator[Callable[..., ApiSer
             )
         server = ApiServer(f"http://127.0.0.1:{port}", process, log, airflow_home.passwords)
         started.append(server)
-        _wait_healthy(server)
+        wait_healthy(server)
         return server
 
     yield start
     for server in started:
         server.stop()
-
-
-def _wait_healthy(server: ApiServer) -> None:
-    deadline = time.monotonic() + SERVER_START_LIMIT
-    while time.monotonic() < deadline:
-        if server.process.poll() is not None:
-            pytest.fail(f"api-server exited with {server.process.returncode}:\n{server.log_tail()}")
-        try:
-            if httpx.get(f"{server.url}/api/v2/monitor/health", timeout=10).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.5)  # polling interval while the server boots, not a wait for a result
-    pytest.fail(f"api-server not healthy after {SERVER_START_LIMIT:.0f} s:\n{server.log_tail()}")
 
 
 @pytest.fixture(scope="session")
@@ -192,12 +92,3 @@ def browser() -> Iterator[Any]:
         chromium = playwright.chromium.launch(executable_path=path, args=CHROMIUM_ARGS)
         yield chromium
         chromium.close()
-
-
-def open_as(browser: Any, server: ApiServer, user: str | None, **context_options: Any) -> Any:
-    """A new browser page, logged in as ``user`` (the UI's ``_token`` cookie) or anonymous."""
-    context = browser.new_context(viewport={"width": 1440, "height": 1000}, **context_options)
-    context.set_default_timeout(UI_TIMEOUT_MS)
-    if user is not None:
-        context.add_cookies([{"name": "_token", "value": server.token(user), "url": server.url}])
-    return context.new_page()

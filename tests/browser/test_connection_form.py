@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import ApiServer, open_as
+from _airflow_server import ApiServer, open_as
 
 from airflow_provider_glm import constants
 

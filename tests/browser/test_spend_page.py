@@ -20,9 +20,9 @@ from urllib.parse import quote
 import httpx
 import pytest
 import sqlalchemy as sa
+from _airflow_server import DAG_IDS, HIDDEN_DAG, ApiServer, open_as
 from _databases import server_url
 from _spend_seed import seed, unique_names
-from conftest import DAG_IDS, HIDDEN_DAG, ApiServer, open_as
 
 from airflow_provider_glm.sinks.sql_tables import usage_table_def
 

@@ -173,3 +173,26 @@ def test_unused_names_do_not_leak(tmp_path: Path) -> None:
     with pytest.raises(sa.exc.OperationalError):
         SpendQueries(engine).overview(SpendFilters.last_days(1, now=NOW))
     SeededTables("a", "b", "c").drop(engine)
+
+
+@pytest.mark.parametrize("case", ["last-30-days", "one-model", "readable-dags"])
+def test_page_equals_the_sections_queried_one_by_one(seeded: tuple[SpendQueries, dict[str, list[dict[str, Any]]]],
+                                                     case: str) -> None:
+    """The page sums overview, task spend and runs from one scan; the endpoints query each on its own."""
+    queries, _ = seeded
+    f = SpendFilters.last_days(30, now=NOW, limit=7, **FILTERS[case])
+    page = queries.page(f)
+    assert page["overview"] == queries.overview(f)
+    assert page["tasks"] == queries.tasks(f)
+    assert page["runs"] == queries.expensive_runs(f)
+    assert page["budgets"] == queries.budgets(f)
+
+
+def test_split_cuts_the_period_at_utc_midnights() -> None:
+    f = SpendFilters(start=dt.datetime(2026, 1, 1, 12, tzinfo=dt.UTC), end=dt.datetime(2026, 1, 4, 6, tzinfo=dt.UTC))
+    parts = f.split(2)
+    assert [(p.start.isoformat(), p.end.isoformat()) for p in parts] == [
+        ("2026-01-01T12:00:00+00:00", "2026-01-03T00:00:00+00:00"),
+        ("2026-01-03T00:00:00+00:00", "2026-01-04T06:00:00+00:00")]
+    assert SpendFilters.last_days(1, now=NOW).split(2) == [SpendFilters.last_days(1, now=NOW)]
+    assert len(SpendFilters.last_days(30, now=NOW).split(3)) == 3
