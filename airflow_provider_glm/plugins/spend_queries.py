@@ -382,6 +382,7 @@ def _merge_tasks(outcomes: list[dict[str, Any]], spend: list[dict[str, Any]]) ->
         if row["cost"] is not None:
             item["cost"][row["currency"]] = _money(row["cost"])
     for item in table.values():
+        item["cost"] = dict(sorted(item["cost"].items()))
         if item["rows"]:
             item["cost_per_1000_rows"] = {c: round(v * 1000 / item["rows"], 10) for c, v in item["cost"].items()}
     return sorted(table.values(), key=lambda i: (-max(i["cost"].values(), default=0.0), i["dag_id"], i["task_id"]))
