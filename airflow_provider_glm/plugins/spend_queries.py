@@ -22,8 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -333,16 +332,24 @@ def _fold_overview(rows: list[dict[str, Any]], stack: str) -> dict[str, Any]:
     counters = ("calls", "entries", "unpriced_calls", *_TOKENS, "possibly_billed_attempts",
                 "possibly_billed_tokens_max")
     money = ("cost", "possibly_billed_cost_max")
+    daily_counters = (counters.index("calls"), counters.index("total_tokens"))
     totals = _Sums(counters, money)
-    by_dag: dict[str, _Sums] = defaultdict(lambda: _Sums(counters, money))
-    by_model: dict[str, _Sums] = defaultdict(lambda: _Sums(counters, money))
-    daily: dict[tuple[str, str, str], _Sums] = defaultdict(lambda: _Sums(("calls", "total_tokens"), ("cost",)))
+    by_dag: dict[str, _Sums] = {}
+    by_model: dict[str, _Sums] = {}
+    daily: dict[tuple[str, str, str], _Sums] = {}
     for row in rows:
-        day = str(row["day"])[:10]
-        totals.add(row)
-        by_dag[row["dag_id"]].add(row)
-        by_model[row["model"]].add(row)
-        daily[(day, row["model"] if stack == "model" else row["dag_id"], row["currency"])].add(row)
+        values = [int(row[name] or 0) for name in counters]
+        amounts = [None if row[name] is None else Decimal(row[name]) for name in money]
+        currency = row["currency"]
+        totals.add(values, amounts, currency)
+        for table, key in ((by_dag, row["dag_id"]), (by_model, row["model"])):
+            if key not in table:
+                table[key] = _Sums(counters, money)
+            table[key].add(values, amounts, currency)
+        day_key = (str(row["day"])[:10], row["model"] if stack == "model" else row["dag_id"], currency)
+        if day_key not in daily:
+            daily[day_key] = _Sums(("calls", "total_tokens"), ("cost",))
+        daily[day_key].add([values[i] for i in daily_counters], amounts[:1], currency)
     return {
         "totals": totals.as_dict(),
         "by_dag": [{"dag_id": k, **v.as_dict()} for k, v in sorted(by_dag.items())],
@@ -389,22 +396,25 @@ def _merge_tasks(outcomes: list[dict[str, Any]], spend: list[dict[str, Any]]) ->
 
 
 class _Sums:
-    """Running sums of counters (ints) and money per currency (floats)."""
+    """Running sums of counters (ints) and of money per currency (decimals), in a fixed order."""
 
-    def __init__(self, counters: Iterable[str], money: Iterable[str]) -> None:
-        self.counters = dict.fromkeys(counters, 0)
-        self.money: dict[str, dict[str, Decimal]] = {name: {} for name in money}
+    def __init__(self, counters: Sequence[str], money: Sequence[str]) -> None:
+        self.counters = tuple(counters)
+        self.values = [0] * len(self.counters)
+        self.money = tuple(money)
+        self.amounts: list[dict[str, Decimal]] = [{} for _ in self.money]
 
-    def add(self, row: Mapping[str, Any]) -> None:
-        for name in self.counters:
-            self.counters[name] += int(row[name] or 0)
-        for name, per_currency in self.money.items():
-            if row[name] is not None:
-                per_currency[row["currency"]] = per_currency.get(row["currency"], Decimal(0)) + Decimal(row[name])
+    def add(self, values: Sequence[int], amounts: Sequence[Decimal | None], currency: str) -> None:
+        """Add one group's counters and amounts, given in the order of the names."""
+        self.values = [a + b for a, b in zip(self.values, values, strict=True)]
+        for per_currency, amount in zip(self.amounts, amounts, strict=True):
+            if amount is not None:
+                per_currency[currency] = per_currency.get(currency, Decimal(0)) + amount
 
     def as_dict(self) -> dict[str, Any]:
-        return {**self.counters,
-                **{name: {c: _money(v) for c, v in sorted(per.items())} for name, per in self.money.items()}}
+        return {**dict(zip(self.counters, self.values, strict=True)),
+                **{name: {c: _money(v) for c, v in sorted(per.items())}
+                   for name, per in zip(self.money, self.amounts, strict=True)}}
 
 
 def _money(value: Any) -> float:
