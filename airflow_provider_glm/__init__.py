@@ -1,12 +1,14 @@
 """Apache Airflow provider for Zhipu GLM models.
 
-Importing this package is cheap: it imports nothing but the standard library, so Airflow's
-provider discovery and DAG parsing pay nothing for it.
+Importing this package is cheap: it imports nothing but the standard library and the defaults in
+:mod:`airflow_provider_glm.constants`, so Airflow's provider discovery and DAG parsing pay nothing for it.
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+from airflow_provider_glm import constants
 
 __version__ = "0.1.0"
 
@@ -39,6 +41,7 @@ def get_provider_info() -> dict[str, Any]:
         ],
         "triggers": [{"integration-name": "GLM", "python-modules": ["airflow_provider_glm.triggers.batch"]}],
         "task-decorators": [{"name": "glm", "class-name": "airflow_provider_glm.decorators.glm.glm_task"}],
+        "config": {"glm": _spend_page_config()},
         "connection-types": [
             {
                 "connection-type": "glm",
@@ -46,65 +49,95 @@ def get_provider_info() -> dict[str, Any]:
                 "hook-name": "GLM (Zhipu AI)",
                 "ui-field-behaviour": {
                     "hidden-fields": ["schema", "port", "login"],
-                    "relabeling": {"password": "API Key", "host": "Base URL"},
+                    "relabeling": {"password": "API Key", "host": "Base URL (empty: BigModel)"},
                     "placeholders": {
-                        "host": "https://open.bigmodel.cn/api/paas/v4",
-                        "password": "your GLM API key",
+                        "host": f"empty = {constants.DEFAULT_BASE_URL}; Z.ai: {constants.ZAI_BASE_URL}",
+                        "password": "your GLM API key (id.secret keys can also use Auth mode jwt)",
                     },
                 },
-                "conn-fields": {
-                    "model": {
-                        "label": "Default model",
-                        "schema": {"type": ["string", "null"]},
-                        "description": "Model used when a task names none (default glm-4.5).",
-                    },
-                    "timeout": {
-                        "label": "Timeout (s)",
-                        "schema": {"type": ["number", "null"], "exclusiveMinimum": 0},
-                        "description": "Total seconds for one attempt, first byte to last.",
-                    },
-                    "max_retries": {
-                        "label": "Max retries",
-                        "schema": {"type": ["integer", "null"], "minimum": 0},
-                        "description": "Retries of retryable failures (default 3).",
-                    },
-                    "connect_timeout": {
-                        "label": "Connect timeout (s)",
-                        "schema": {"type": ["number", "null"], "exclusiveMinimum": 0},
-                        "description": "Seconds to open a connection (default 10).",
-                    },
-                    "read_timeout": {
-                        "label": "Read timeout (s)",
-                        "schema": {"type": ["number", "null"], "exclusiveMinimum": 0},
-                        "description": "Seconds to wait for the next byte (default 300).",
-                    },
-                    "max_connections": {
-                        "label": "Max connections",
-                        "schema": {"type": ["integer", "null"], "minimum": 1},
-                        "description": "Connection pool size (default 64).",
-                    },
-                    "max_response_bytes": {
-                        "label": "Max response bytes",
-                        "schema": {"type": ["integer", "null"], "minimum": 1},
-                        "description": "Answers larger than this are aborted (default 32 MiB).",
-                    },
-                    "max_billed_retries": {
-                        "label": "Max resends of possibly billed requests",
-                        "schema": {"type": ["integer", "null"], "minimum": 0},
-                        "description": "How often a request lost after it was sent (and so maybe billed) is "
-                                       "sent again (default 1).",
-                    },
-                    "allow_insecure_http": {
-                        "label": "Allow plain http",
-                        "schema": {"type": ["boolean", "null"]},
-                        "description": "Accept an http:// base URL off loopback (a trusted in-cluster gateway).",
-                    },
-                    "auth": {
-                        "label": "Auth mode",
-                        "schema": {"type": ["string", "null"], "enum": ["bearer", "jwt", None]},
-                        "description": "bearer sends the key; jwt signs a token from an id.secret key.",
-                    },
-                },
+                "conn-fields": _conn_fields(),
             }
         ],
     }
+
+
+def _spend_page_config() -> dict[str, Any]:
+    """The ``[glm]`` section of ``airflow.cfg``: where the spend page (docs/dashboard.md) reads."""
+
+    def option(description: str, default: str, example: str) -> dict[str, Any]:
+        return {"description": description, "version_added": "0.1.0", "type": "string", "example": example,
+                "default": default}
+
+    return {
+        "description": "The GLM spend page in the Airflow UI (plugin glm_spend).",
+        "options": {
+            "spend_conn_id": option("Airflow connection of the database that holds the usage ledger, results "
+                                    "and runs tables. The page stays off until it is set.", "", "warehouse_db"),
+            "usage_table": option("The usage ledger table, table or schema.table.", "glm_usage", "glm.glm_usage"),
+            "results_table": option("The results table.", "glm_results", "glm.glm_results"),
+            "runs_table": option("The runs table (one row per task try).", "glm_runs", "glm.glm_runs"),
+        },
+    }
+
+
+_MODEL_SECTION = "Model and auth"
+_LIMITS_SECTION = "Timeouts and limits"
+
+
+def _conn_fields() -> dict[str, dict[str, Any]]:
+    """The extras the form shows, with the bounds the hook enforces expressed as JSON Schema.
+
+    Every field is nullable: an empty field (``null`` in the extra JSON) means the default.
+    """
+
+    def number(label: str, section: str, bound: dict[str, Any], kind: str, description: str) -> dict[str, Any]:
+        return {"label": label, "schema": {"type": [kind, "null"], **bound, "section": section},
+                "description": description}
+
+    return {
+        "model": {
+            "label": "Default model",
+            "schema": {"type": ["string", "null"], "section": _MODEL_SECTION},
+            "description": (
+                f"Model used when a task names none. Empty: {constants.DEFAULT_MODEL}. A GLM Coding Plan key "
+                "needs the coding Base URL, .../api/coding/paas/v4."
+            ),
+        },
+        "auth": {
+            "label": "Auth mode",
+            "schema": {
+                "type": ["string", "null"],
+                "enum": ["bearer", "jwt"],
+                "default": "bearer",
+                "values_display": {"bearer": "bearer: send the key", "jwt": "jwt: sign a token from an id.secret key"},
+                "section": _MODEL_SECTION,
+            },
+            "description": "bearer sends the API key as it is; jwt signs a short-lived token from an id.secret key.",
+        },
+        "timeout": number("Timeout (s)", _LIMITS_SECTION, {"exclusiveMinimum": 0}, "number",
+                          f"Total seconds for one attempt, > 0. Empty: {constants.DEFAULT_TIMEOUT:g}."),
+        "connect_timeout": number("Connect timeout (s)", _LIMITS_SECTION, {"exclusiveMinimum": 0}, "number",
+                                  f"Seconds to open a connection, > 0. Empty: {constants.DEFAULT_CONNECT_TIMEOUT:g}."),
+        "read_timeout": number("Read timeout (s)", _LIMITS_SECTION, {"exclusiveMinimum": 0}, "number",
+                               f"Seconds to wait for the next byte, > 0. Empty: {constants.DEFAULT_READ_TIMEOUT:g}."),
+        "max_retries": number("Max retries", _LIMITS_SECTION, {"minimum": 0}, "integer",
+                              f"Retries of a retryable failure, a whole number >= 0. Empty: "
+                              f"{constants.DEFAULT_MAX_RETRIES}."),
+        "max_connections": number("Max connections", _LIMITS_SECTION, {"minimum": 1}, "integer",
+                                  f"Connection pool size, a whole number >= 1. Empty: "
+                                  f"{constants.DEFAULT_MAX_CONNECTIONS}."),
+        "max_response_bytes": number("Max response bytes", _LIMITS_SECTION, {"minimum": 1}, "integer",
+                                     "Answers larger than this are aborted, a whole number >= 1. Empty: "
+                                     f"{constants.DEFAULT_MAX_RESPONSE_BYTES} (32 MiB)."),
+        "max_billed_retries": number("Max resends of possibly billed requests", _LIMITS_SECTION, {"minimum": 0},
+                                     "integer",
+                                     "How often a request lost after it was sent (so maybe billed) is sent again, "
+                                     f"a whole number >= 0. Empty: {constants.DEFAULT_MAX_BILLED_RETRIES}."),
+        "allow_insecure_http": {
+            "label": "Allow plain http",
+            "schema": {"type": ["boolean", "null"], "section": _MODEL_SECTION},
+            "description": "Accept an http:// Base URL that is not loopback (a trusted in-cluster gateway). "
+                           "Empty: false, such a URL is refused because the key would travel unencrypted.",
+        },
+    }
+

@@ -51,13 +51,19 @@ class ConnectionSettings:
         if leaked:
             raise ValueError(
                 f"connection {conn.conn_id!r}: the API key belongs in the password field, not in extra "
-                f"{leaked}; extras are shown in the UI and logs"
+                f"{leaked}; extras are shown in the UI and logs. Move the key to the password (API Key) field "
+                "and delete that extra"
             )
         unknown = sorted(set(extra) - _KNOWN_EXTRAS)
         if unknown:
-            raise ValueError(f"connection {conn.conn_id!r}: unknown extra field(s) {unknown}")
+            raise ValueError(
+                f"connection {conn.conn_id!r}: unknown extra field(s) {unknown}; remove them from the extra JSON "
+                f"(known extras: {', '.join(sorted(_KNOWN_EXTRAS))})"
+            )
         if not conn.password:
-            raise ValueError(f"connection {conn.conn_id!r} has no API key: set its password field")
+            raise ValueError(
+                f"connection {conn.conn_id!r} has no API key: set its password field (API Key in the Airflow UI)"
+            )
         options: dict[str, Any] = {}
         for name in ("timeout", "connect_timeout", "read_timeout"):
             if extra.get(name) not in (None, ""):
@@ -67,7 +73,10 @@ class ConnectionSettings:
                 options[name] = _number(conn.conn_id, name, extra[name], int)
         if extra.get("headers"):
             if not isinstance(extra["headers"], Mapping):
-                raise ValueError(f"connection {conn.conn_id!r}: extra 'headers' must be an object")
+                raise ValueError(
+                    f"connection {conn.conn_id!r}: extra 'headers' must be an object; write it in the extra JSON "
+                    'as {"Header-Name": "value"}'
+                )
             reserved = sorted(k for k in extra["headers"] if str(k).lower() in _RESERVED_HEADERS)
             if reserved:
                 raise ValueError(
@@ -77,11 +86,14 @@ class ConnectionSettings:
             options["headers"] = {str(k): str(v) for k, v in extra["headers"].items()}
         auth = str(extra.get("auth") or "bearer").lower()
         if auth not in ("bearer", "jwt"):
-            raise ValueError(f"connection {conn.conn_id!r}: extra 'auth' must be 'bearer' or 'jwt', got {auth!r}")
+            raise ValueError(
+                f"connection {conn.conn_id!r}: extra 'auth' must be 'bearer' or 'jwt', got {auth!r}; "
+                f"{_fix('auth')}"
+            )
         insecure = extra.get("allow_insecure_http")
         if insecure not in (None, "", True, False):
             raise ValueError(f"connection {conn.conn_id!r}: extra 'allow_insecure_http' must be true or false, "
-                             f"got {insecure!r}")
+                             f"got {insecure!r}; {_fix('allow_insecure_http')}")
         if insecure:
             options["allow_insecure_http"] = True
         base_url = base_url_of(conn)
@@ -93,7 +105,10 @@ class ConnectionSettings:
             raise ValueError(f"connection {conn.conn_id!r}: {exc}") from None
         prices = extra.get("prices")
         if prices is not None and not isinstance(prices, Mapping):
-            raise ValueError(f"connection {conn.conn_id!r}: extra 'prices' must be an object of model -> price")
+            raise ValueError(
+                f"connection {conn.conn_id!r}: extra 'prices' must be an object of model -> price; write it in the "
+                'extra JSON as {"<model>": {"input": "1.00", "output": "2.00"}}'
+            )
         return cls(
             api_key=APIKey(conn.password),
             base_url=base_url,
@@ -111,11 +126,43 @@ def _number(conn_id: str | None, name: str, value: Any, kind: type[int] | type[f
         number = math.nan
     if not math.isfinite(number) or (kind is int and not number.is_integer()):
         what = "a whole number" if kind is int else "a finite number"
-        raise ValueError(f"connection {conn_id!r}: extra {name!r} must be {what}, got {value!r}")
+        raise ValueError(f"connection {conn_id!r}: extra {name!r} must be {what}, got {value!r}; {_fix(name)}")
     number = kind(number)
-    if number < 0 or (number == 0 and name not in ("max_retries", "max_billed_retries")):
-        raise ValueError(f"connection {conn_id!r}: extra {name!r} must be positive, got {value!r}")
+    zero_allowed = name in ("max_retries", "max_billed_retries")
+    if number < 0 or (number == 0 and not zero_allowed):
+        bound = "positive or 0" if zero_allowed else "positive"
+        raise ValueError(f"connection {conn_id!r}: extra {name!r} must be {bound}, got {value!r}; {_fix(name)}")
     return number
+
+
+_EXPECTED = {
+    "timeout": ("a number of seconds above 0", constants.DEFAULT_TIMEOUT),
+    "connect_timeout": ("a number of seconds above 0", constants.DEFAULT_CONNECT_TIMEOUT),
+    "read_timeout": ("a number of seconds above 0", constants.DEFAULT_READ_TIMEOUT),
+    "max_retries": ("a whole number, 0 or more", constants.DEFAULT_MAX_RETRIES),
+    "max_billed_retries": ("a whole number, 0 or more", constants.DEFAULT_MAX_BILLED_RETRIES),
+    "allow_insecure_http": ("true or false", "false"),
+    "max_connections": ("a whole number, 1 or more", constants.DEFAULT_MAX_CONNECTIONS),
+    "max_response_bytes": ("a whole number of bytes, 1 or more", constants.DEFAULT_MAX_RESPONSE_BYTES),
+    "auth": ("bearer or jwt", "bearer"),
+}
+
+
+def _fix(name: str) -> str:
+    """How to fix extra ``name``: the form field that sets it, what it takes, and its default.
+
+    The message must make sense without the connection id: a test from the Airflow UI runs on a
+    temporary copy of the connection with a random id.
+    """
+    from airflow_provider_glm import get_provider_info
+
+    expected, default = _EXPECTED[name]
+    fields = get_provider_info()["connection-types"][0]["conn-fields"]
+    shown = f"{default:g}" if isinstance(default, float) else str(default)
+    return (
+        f"set the {fields[name]['label']!r} field (extra {name!r}) to {expected}, "
+        f"or leave it empty for the default {shown}"
+    )
 
 
 def base_url_of(conn: Connection) -> str:

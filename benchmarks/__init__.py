@@ -14,6 +14,7 @@ Sections, one module each:
 5. :mod:`benchmarks.sink_write` -- ``SQLSink.write`` rows/s into SQLite, PostgreSQL and MariaDB.
 6. :mod:`benchmarks.celery_scaling` -- 8 mapped tasks on the CeleryExecutor with two workers vs one
    task at the same total concurrency (the Celery test's harness; skipped in ``--quick`` mode).
+7. :mod:`benchmarks.spend_page` -- the spend page's JSON endpoints and page on a 1M-row ledger in PostgreSQL.
 """
 
 from __future__ import annotations
@@ -25,5 +26,6 @@ SECTIONS: dict[str, str] = {
     "memory": "benchmarks.memory",
     "sink": "benchmarks.sink_write",
     "celery": "benchmarks.celery_scaling",
+    "spend": "benchmarks.spend_page",
 }
-"""Section key -> module, in report order (``--sections`` also accepts 1..6)."""
+"""Section key -> module, in report order (``--sections`` also accepts 1..7)."""

@@ -29,6 +29,7 @@ TITLES = {
     "memory": "## 4. Memory",
     "sink": "## 5. Sink write rate",
     "celery": "## 6. Celery scaling",
+    "spend": "## 7. Spend page",
 }
 
 
@@ -40,7 +41,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--sections",
         default="all",
-        help="comma-separated: throughput,client,parse,memory,sink,celery or 1..6 (default all)",
+        help="comma-separated: throughput,client,parse,memory,sink,celery,spend or 1..7 (default all)",
     )
     parser.add_argument("--out", default=str(REPO / "docs" / "benchmarks.md"), help="Markdown report path")
     parser.add_argument(
