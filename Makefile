@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test bench
+.PHONY: setup demo test bench package-check
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
@@ -19,3 +19,6 @@ test: setup
 
 bench: setup
 	$(PY) -m benchmarks
+
+package-check: setup
+	$(PY) scripts/check_package.py --oldest

@@ -202,7 +202,7 @@ class GLMBaseOperator(BaseOperator):
             self.log.warning("Could not write this try's summary to %s: %s", self.runs_table, exc)
 
     def _single_result(self, run: RunPlan) -> Any:
-        from airflow.sdk.exceptions import AirflowFailException
+        from airflow_provider_glm.compat import AirflowFailException
 
         state = run.state
         if state.fatal is not None:
@@ -214,8 +214,7 @@ class GLMBaseOperator(BaseOperator):
         return state.value(run.single.key)
 
     def _row_result(self, context: Context, run: RunPlan, summary: dict[str, Any]) -> Any:
-        from airflow.sdk.exceptions import AirflowFailException
-
+        from airflow_provider_glm.compat import AirflowFailException
         from airflow_provider_glm.exceptions import GLMRowsFailedError
 
         state = run.state
@@ -244,8 +243,7 @@ class GLMBaseOperator(BaseOperator):
     def _raise_if_stopped(state: RunState) -> None:
         """Fail for a budget (no retry: the budget counts every try), a timeout, an unreachable endpoint or a
         bad input row."""
-        from airflow.sdk.exceptions import AirflowFailException, AirflowTaskTimeout
-
+        from airflow_provider_glm.compat import AirflowFailException, AirflowTaskTimeout
         from airflow_provider_glm.exceptions import GLMBudgetExceededError, GLMEndpointUnreachableError
 
         if state.stopped is None:

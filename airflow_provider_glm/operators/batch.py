@@ -35,8 +35,7 @@ import time
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
-from airflow.sdk import conf
-
+from airflow_provider_glm.compat import conf
 from airflow_provider_glm.operators.base import GLMBaseOperator
 
 if TYPE_CHECKING:
@@ -109,7 +108,7 @@ class GLMBatchOperator(GLMBaseOperator):
 
     def execute_complete(self, context: Context, event: Any) -> Any:
         """Resume after the trigger: write every batch's results and finish like the chat operator."""
-        from airflow.sdk.exceptions import AirflowFailException
+        from airflow_provider_glm.compat import AirflowFailException
 
         if not isinstance(event, dict) or event.get("status") not in EVENT_STATUSES:
             raise RuntimeError(f"the GLM batch trigger sent an unexpected event: {event!r}")

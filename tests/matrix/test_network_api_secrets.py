@@ -32,7 +32,7 @@ import pytest
 from _ledger import check_ledger
 from _streams import assemble
 import sqlalchemy as sa
-from airflow.sdk.exceptions import AirflowFailException, TaskDeferred
+from airflow_provider_glm.compat import AirflowFailException, TaskDeferred
 
 from airflow_provider_glm.client import AsyncGLMClient, GLMClient
 from airflow_provider_glm.error_codes import CODE_TABLE

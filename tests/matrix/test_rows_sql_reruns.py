@@ -30,7 +30,7 @@ import pytest
 from _ledger import check_ledger
 import sqlalchemy as sa
 from _databases import BACKENDS, backend_url
-from airflow.sdk.exceptions import AirflowTaskTimeout
+from airflow_provider_glm.compat import AirflowTaskTimeout
 
 from airflow_provider_glm.writer import RecordWriter
 from airflow_provider_glm.client import AsyncGLMClient

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from airflow.sdk.exceptions import TaskDeferred
+from airflow_provider_glm.compat import TaskDeferred
 
 from airflow_provider_glm.exceptions import GLMRowsFailedError
 from airflow_provider_glm.operators.batch import GLMBatchOperator
@@ -274,7 +274,7 @@ def test_crash_after_completion_before_collection(glm_conn: Any, context: dict[s
 
 
 def test_budget_refuses_a_batch_before_uploading(glm_conn: Any, context: dict[str, Any], url: str) -> None:
-    from airflow.sdk.exceptions import AirflowFailException
+    from airflow_provider_glm.compat import AirflowFailException
 
     op = batch_operator(url, rows=rows(4), request_params={"max_tokens": 50}, max_total_tokens=100)
     with pytest.raises(AirflowFailException, match="max_total_tokens=100"):

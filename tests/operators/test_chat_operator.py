@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 from _databases import BACKENDS, backend_url
-from airflow.sdk.exceptions import AirflowFailException
+from airflow_provider_glm.compat import AirflowFailException
 from pydantic import BaseModel
 
 from airflow_provider_glm.exceptions import GLMInvalidOutputError, GLMRowsFailedError
