@@ -20,6 +20,6 @@ except ImportError:  # Airflow 3.1 and 3.2
 try:
     from airflow.sdk import conf
 except ImportError:  # Airflow 3.1
-    from airflow.configuration import conf  # type: ignore[no-redef,unused-ignore]
+    from airflow.configuration import conf  # type: ignore[assignment,no-redef,unused-ignore]
 
 __all__ = ["AirflowFailException", "AirflowTaskTimeout", "TaskDeferred", "conf"]
