@@ -65,7 +65,7 @@ class AsyncGLMClient:
                  sleep: Callable[[float], Any] = asyncio.sleep, **options: Any) -> None:
         self._core = ClientCore(api_key, **options)
         self._sleep = sleep
-        self._http = httpx.AsyncClient(transport=transport, **http_options(max_connections))
+        self._http = httpx.AsyncClient(**http_options(max_connections, transport))
 
     def __repr__(self) -> str:
         return repr(self._core)

@@ -124,6 +124,7 @@ class ClientCore:
         if urlsplit(self.base_url).hostname in ("api.z.ai",):
             self.headers["Accept-Language"] = "en-US,en"
         self.headers.update(headers or {})
+        self._urls: dict[str, httpx.URL] = {}
 
     def __repr__(self) -> str:
         return f"<GLM client base_url={self.base_url!r} auth={self.credentials.mode!r}>"
@@ -143,15 +144,21 @@ class ClientCore:
         return build_chat_request(model, messages, stream=stream or None, **params).to_body()
 
     def build(self, client: httpx.AsyncClient, method: str, path: str, deadline: float, **kwargs: Any) -> httpx.Request:
-        """An httpx request with auth and timeouts no longer than the time left."""
+        """An httpx request with auth and timeouts no longer than the time left.
+
+        Built directly (the client adds no headers of its own to ours), on a URL parsed once per path.
+        """
         left = max(0.001, deadline - self.clock())
-        timeout = httpx.Timeout(
-            connect=min(self.connect_timeout, left), read=min(self.read_timeout, left), write=left, pool=left
-        )
         headers = dict(self.headers, Authorization=self.credentials.authorization())
         if "files" in kwargs:
             del headers["Content-Type"]
-        return client.build_request(method, self.url(path), headers=headers, timeout=timeout, **kwargs)
+        url = self._urls.get(path)
+        if url is None:
+            url = self._urls[path] = httpx.URL(self.url(path))
+        request = httpx.Request(method, url, headers=headers, **kwargs)
+        request.extensions["timeout"] = {"connect": min(self.connect_timeout, left),
+                                         "read": min(self.read_timeout, left), "write": left, "pool": left}
+        return request
 
     def attempt_deadline(self, deadline: float | None) -> float:
         end = self.clock() + self.timeout
@@ -338,14 +345,16 @@ def _lost_again(error: GLMError, lost: int, timeout: float) -> str:
             "longer; the extra max_billed_retries sets how often a lost request is resent)")
 
 
-def http_options(max_connections: int) -> dict[str, Any]:
-    """Options every httpx client gets: pool size, no redirects, no proxy or CA settings from the
-    environment, and one shared TLS context (loading the CA bundle costs ~50 ms per client)."""
+def http_options(max_connections: int, transport: httpx.AsyncBaseTransport | None = None) -> dict[str, Any]:
+    """Options every httpx client gets: httpcore's pool on asyncio sockets (:mod:`.transport`) with one
+    shared TLS context (loading the CA bundle costs ~50 ms per client), no redirects, no proxy or CA
+    settings from the environment."""
+    from airflow_provider_glm.transport import async_transport
+
     return {
-        "limits": httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+        "transport": async_transport(max_connections, _tls_context(), transport),
         "follow_redirects": False,
         "trust_env": False,
-        "verify": _tls_context(),
     }
 
 
