@@ -35,6 +35,8 @@ if TYPE_CHECKING:
 
 __all__ = ["GLMChatOperator"]
 
+_ANSWER_PARTS = ("finish_reason", "reasoning_content", "tool_calls", "web_search", "content_filter")
+"""What single mode's ``answer`` XCom key carries: the answer beside its content (``return_value``)."""
 _WORKERS_PER_POOL = 8
 """Workers sharing one httpx pool. httpcore scans every pooled connection on each request; in
 profiles of 2,000 rows at concurrency 32, pools of 8 cut that scan's CPU several-fold. Wall-clock
@@ -150,6 +152,7 @@ class GLMChatOperator(GLMBaseOperator):
         if stored is not None and stored["status"] == "ok":
             self.log.info("This request already succeeded in an earlier try; returning the stored answer.")
             outcome = outcomes.resumed(run.rules, request.key, stored)
+            run.extras["stored"] = stored
         elif request.unsendable:
             from airflow_provider_glm.row_sources import InputError
 
@@ -189,11 +192,10 @@ class GLMChatOperator(GLMBaseOperator):
             })
         result = outcome.result
         if result is not None and result.status != "skipped":
-            ti.xcom_push(key="answer", value={
-                "finish_reason": result.finish_reason, "reasoning_content": result.reasoning_content,
-                "tool_calls": result.tool_calls, "web_search": result.web_search,
-                "content_filter": result.content_filter,
-            })
+            ti.xcom_push(key="answer", value={name: getattr(result, name) for name in _ANSWER_PARTS})
+        elif outcome.resumed:
+            stored = run.extras["stored"]
+            ti.xcom_push(key="answer", value={name: stored.get(name) for name in _ANSWER_PARTS})
 
 
 def _default_pool_slots(kwargs: dict[str, Any], max_concurrency: Any) -> None:
