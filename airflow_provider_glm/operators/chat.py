@@ -144,6 +144,7 @@ class GLMChatOperator(GLMBaseOperator):
         """One request, straight through the client: resumed from an earlier try when it already succeeded."""
         from airflow_provider_glm import outcomes
         from airflow_provider_glm.exceptions import GLMError
+        from airflow_provider_glm.runner import warn_if_truncated
 
         request = run.single
         assert request is not None
@@ -172,6 +173,7 @@ class GLMChatOperator(GLMBaseOperator):
         run.writer.add(outcome)
         run.extras["outcome"] = outcome
         await run.writer.flush()
+        warn_if_truncated(run.state, run.rules, self.log)
 
     def _push_single(self, context: Context, run: RunPlan) -> None:
         """Single mode's XCom: ``usage`` (the ledger entry) and ``answer`` (the parts beside the content)."""
