@@ -126,3 +126,24 @@ def test_mcp_calls_are_kept_whole(glm_conn: Any, context: dict[str, Any], monkey
     finally:
         sink.dispose()
     assert (row["status"], row["tool_calls"]) == ("ok", calls)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_results_table_from_before_gains_the_answer_columns(
+    glm_conn: Any, context: dict[str, Any], warehouse: Warehouse
+) -> None:
+    """A results table created without tool_calls, web_search and content_filter gets them on the next run."""
+    import sqlalchemy as sa
+
+    from airflow_provider_glm.sinks.sql_tables import results_table_def
+
+    new = results_table_def(sa.MetaData(), None, warehouse.results_table)
+    answer_columns = ("tool_calls", "web_search", "content_filter")
+    old = sa.Table(warehouse.results_table, sa.MetaData(),
+                   *(column._copy() for column in new.columns if column.name not in answer_columns))
+    old.create(warehouse.sink.engine)
+
+    values = tools_operator(rows=MESSAGES[:1], **warehouse.operator_kwargs()).execute(context)
+    columns = {c["name"] for c in sa.inspect(warehouse.sink.engine).get_columns(warehouse.results_table)}
+    assert set(answer_columns) <= columns
+    assert warehouse.results()["m1"]["tool_calls"] == values[0]
