@@ -3,12 +3,15 @@ sent is refused before the first call."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 
 from airflow_provider_glm.operators.chat import GLMChatOperator
 from airflow_provider_glm.rendering import MAX_INLINE_MEDIA_BYTES, MAX_MEDIA_URL_LENGTH
+from airflow_provider_glm.sinks.sql import SQLSink
 
 PNG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAIAAACQd1PeAAAADElEQVR4nGP4z8AAAAMBAQDJ/pLvAAAAAElFTkSuQmCC"
 """A 1x1 PNG, base64."""
@@ -95,3 +98,32 @@ def test_audio_takes_base64_only_and_single_mode_is_checked_too(glm_conn: Any, c
     with pytest.raises(ValueError, match="video_url.url: URL scheme 'file' is not allowed"):
         GLMChatOperator(task_id="glm", model="glm-4.5v", messages=single).execute(context)
     assert glm_conn.stats.requests == 0
+
+
+def test_rows_from_a_query_stop_at_the_first_bad_value(glm_conn: Any, context: dict[str, Any], tmp_path: Path) -> None:
+    """``source_sql`` renders rows as they stream: rows before a bad value may have been sent (the others
+    are recorded skipped with the reason), none at or after it."""
+    url = f"sqlite:///{tmp_path / 'w.db'}"
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(sa.text("CREATE TABLE products (sku TEXT, image TEXT)"))
+        conn.execute(sa.text("INSERT INTO products VALUES (:sku, :image)"),
+                     [{"sku": f"S{i}", "image": "file:///srv/s3.png" if i == 3 else PNG} for i in range(6)])
+    engine.dispose()
+    op = GLMChatOperator(task_id="glm", model="glm-4.5v", source_sql="SELECT sku, image FROM products ORDER BY sku",
+                         row_key="sku", messages=DESCRIBE, sqlalchemy_url=url, source_chunk_size=2,
+                         max_concurrency=1)
+    with pytest.raises(ValueError, match="row 'S3': messages.0..content.1..image_url.url: URL scheme 'file'"):
+        op.execute(context)
+    sent = {r.body["messages"][0]["content"][0]["text"] for r in glm_conn.requests}
+    sink = SQLSink.from_url(url)
+    try:
+        results = {row["row_key"]: row for row in sink.results()}
+    finally:
+        sink.dispose()
+    assert set(results) <= {"S0", "S1", "S2"}, "no row at or after the bad one was rendered into a request"
+    assert sent == {f"Describe {key} for the catalogue." for key, row in results.items() if row["status"] == "ok"}
+    for row in results.values():
+        if row["status"] != "ok":
+            assert row["status"] == "skipped"
+            assert row["error"].startswith("not sent: source_sql row 4: row 'S3'"), "read ahead, not sent"
