@@ -324,11 +324,11 @@ def _check_media_value(where: str, value: Any, *, allow_url: bool) -> None:
     if not isinstance(value, str) or not value.strip():
         raise ValueError(f"{where} is empty")
     parts = urlsplit(value) if ":" in value[:12] else None
-    scheme = parts.scheme.lower() if parts is not None else ""
-    if scheme in ("http", "https") and allow_url:
+    scheme = parts.scheme.lower() if parts else ""
+    if parts and scheme in ("http", "https") and allow_url:
         if len(value) > MAX_MEDIA_URL_LENGTH:
             raise ValueError(f"{where}: URL longer than {MAX_MEDIA_URL_LENGTH} characters")
-        if parts is None or not parts.hostname:
+        if not parts.hostname:
             raise ValueError(f"{where}: the URL has no host")
         return
     if scheme == "data":

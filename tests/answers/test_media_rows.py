@@ -94,7 +94,7 @@ def test_audio_takes_base64_only_and_single_mode_is_checked_too(glm_conn: Any, c
     with pytest.raises(ValueError, match="input_audio.data: URL scheme 'https' is not allowed"):
         describe_operator(PRODUCTS[:1], messages=speak).execute(context)
     single = [{"role": "user", "content": [{"type": "text", "text": "What is this?"},
-                                           {"type": "video_url", "video_url": {"url": "file:///tmp/clip.mp4"}}]}]
+                                           {"type": "video_url", "video_url": {"url": "file:///srv/media/clip.mp4"}}]}]
     with pytest.raises(ValueError, match="video_url.url: URL scheme 'file' is not allowed"):
         GLMChatOperator(task_id="glm", model="glm-4.5v", messages=single).execute(context)
     assert glm_conn.stats.requests == 0
