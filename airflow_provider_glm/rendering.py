@@ -168,13 +168,16 @@ class MessageTemplate:
         from jinja2 import StrictUndefined, TemplateSyntaxError
         from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-        env = ImmutableSandboxedEnvironment(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True)
+        options: dict[str, Any] = {"undefined": StrictUndefined, "autoescape": False, "keep_trailing_newline": True}
+        env = ImmutableSandboxedEnvironment(**options)
+        # A NULL column renders empty in a media URL (refused before any call), not as the text "None".
+        media_env = ImmutableSandboxedEnvironment(**options, finalize=_none_as_empty)
         self._context = {k: v for k, v in context.items() if k != "row"}
         self._messages = messages
         self._compiled: list[tuple[tuple[Any, ...], Any]] = []
         for path, text in _template_strings(messages):
             try:
-                self._compiled.append((path, env.from_string(text)))
+                self._compiled.append((path, (media_env if len(path) == 5 else env).from_string(text)))
             except TemplateSyntaxError as exc:
                 where = f"messages[{path[0]}]"
                 raise ValueError(f"{where}: template syntax error: {exc.message} (line {exc.lineno})") from None
@@ -198,6 +201,10 @@ class MessageTemplate:
                 raise ValueError(f"{where}: {exc} (the row's columns: {columns})") from None
             _set_path(out, path, text)
         return out
+
+
+def _none_as_empty(value: Any) -> Any:
+    return "" if value is None else value
 
 
 def _template_strings(messages: list[dict[str, Any]]) -> Iterator[tuple[tuple[Any, ...], str]]:
@@ -316,15 +323,20 @@ def _check_media(key: str, messages: list[dict[str, Any]]) -> tuple[int, int]:
 def _check_media_value(where: str, value: Any, *, allow_url: bool) -> None:
     if not isinstance(value, str) or not value.strip():
         raise ValueError(f"{where} is empty")
-    scheme = urlsplit(value).scheme.lower() if ":" in value[:12] else ""
-    if scheme in ("http", "https") and allow_url:
+    parts = urlsplit(value) if ":" in value[:12] else None
+    scheme = parts.scheme.lower() if parts else ""
+    if parts and scheme in ("http", "https") and allow_url:
         if len(value) > MAX_MEDIA_URL_LENGTH:
             raise ValueError(f"{where}: URL longer than {MAX_MEDIA_URL_LENGTH} characters")
+        if not parts.hostname:
+            raise ValueError(f"{where}: the URL has no host")
         return
     if scheme == "data":
         header, sep, data = value.partition(",")
         if not sep or ";base64" not in header:
             raise ValueError(f"{where}: a data URL must be base64 (data:<type>;base64,<data>)")
+        if not data.strip():
+            raise ValueError(f"{where} is empty (a data URL without data)")
     elif scheme:
         raise ValueError(f"{where}: URL scheme {scheme!r} is not allowed (use https://, http:// or base64 data)")
     else:

@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from airflow_provider_glm.sinks.sql import SQLSink
     from airflow_provider_glm.writer import RecordWriter
 
-__all__ = ["RowRunner", "RunLimits", "settle"]
+__all__ = ["RowRunner", "RunLimits", "settle", "warn_if_truncated"]
 
 
 @dataclass(frozen=True)
@@ -109,9 +109,7 @@ class RowRunner:
             progress.cancel()
             self._reader.shutdown(wait=False)
             await self.writer.flush()
-        if self.state.count("truncated") and not self.rules.fail_on_truncation:
-            self.log.warning("%d answers were cut short (finish_reason length or model_context_window_exceeded).",
-                             self.state.count("truncated"))
+        warn_if_truncated(self.state, self.rules, self.log)
         self._log_progress(final=True)
 
     # --- reading and settling rows -------------------------------------------------------------------
@@ -276,3 +274,10 @@ async def settle(chunk: list[PreparedRequest], *, rules: OutcomeRules, state: Ru
             send.append(request)
     await writer.flush()
     return send
+
+
+def warn_if_truncated(state: RunState, rules: OutcomeRules, log: Any) -> None:
+    """The end-of-run warning about answers cut short (``ok`` rows unless ``fail_on_truncation``)."""
+    if state.count("truncated") and not rules.fail_on_truncation:
+        log.warning("%d answers were cut short (finish_reason length or model_context_window_exceeded).",
+                    state.count("truncated"))

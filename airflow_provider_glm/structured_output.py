@@ -119,14 +119,19 @@ class OutputSpec:
 
     def _call_arguments(self, completion: ChatCompletion) -> Any:
         message = completion.choices[0].message if completion.choices else None
-        for call in (message.tool_calls if message else None) or ():
+        calls = (message.tool_calls if message else None) or []
+        for call in calls:
             if call.function is not None and call.function.name == self.tool_name:
                 try:
                     return call.function.parsed_arguments()
                 except ValueError as exc:
                     raise GLMInvalidOutputError(f"the call of `{self.tool_name}` has arguments that are not "
                                                 f"valid JSON: {exc}") from None
-        said = "answered in text" if completion.content else "answered without content"
+        others = [f"`{c.function.name}`" for c in calls if c.function is not None and c.function.name]
+        if others:
+            said = f"called {', '.join(others)}"
+        else:
+            said = "answered in text" if completion.content else "answered without content"
         raise GLMInvalidOutputError(f"the model {said} instead of calling the function `{self.tool_name}` "
                                     "(GLM accepts only tool_choice='auto', so a call cannot be forced)")
 

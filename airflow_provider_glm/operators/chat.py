@@ -35,6 +35,8 @@ if TYPE_CHECKING:
 
 __all__ = ["GLMChatOperator"]
 
+_ANSWER_PARTS = ("finish_reason", "reasoning_content", "tool_calls", "web_search", "content_filter")
+"""What single mode's ``answer`` XCom key carries: the answer beside its content (``return_value``)."""
 _WORKERS_PER_POOL = 8
 """Workers sharing one httpx pool. httpcore scans every pooled connection on each request; in
 profiles of 2,000 rows at concurrency 32, pools of 8 cut that scan's CPU several-fold. Wall-clock
@@ -142,6 +144,7 @@ class GLMChatOperator(GLMBaseOperator):
         """One request, straight through the client: resumed from an earlier try when it already succeeded."""
         from airflow_provider_glm import outcomes
         from airflow_provider_glm.exceptions import GLMError
+        from airflow_provider_glm.runner import warn_if_truncated
 
         request = run.single
         assert request is not None
@@ -150,6 +153,7 @@ class GLMChatOperator(GLMBaseOperator):
         if stored is not None and stored["status"] == "ok":
             self.log.info("This request already succeeded in an earlier try; returning the stored answer.")
             outcome = outcomes.resumed(run.rules, request.key, stored)
+            run.extras["stored"] = stored
         elif request.unsendable:
             from airflow_provider_glm.row_sources import InputError
 
@@ -169,6 +173,7 @@ class GLMChatOperator(GLMBaseOperator):
         run.writer.add(outcome)
         run.extras["outcome"] = outcome
         await run.writer.flush()
+        warn_if_truncated(run.state, run.rules, self.log)
 
     def _push_single(self, context: Context, run: RunPlan) -> None:
         """Single mode's XCom: ``usage`` (the ledger entry) and ``answer`` (the parts beside the content)."""
@@ -189,11 +194,10 @@ class GLMChatOperator(GLMBaseOperator):
             })
         result = outcome.result
         if result is not None and result.status != "skipped":
-            ti.xcom_push(key="answer", value={
-                "finish_reason": result.finish_reason, "reasoning_content": result.reasoning_content,
-                "tool_calls": result.tool_calls, "web_search": result.web_search,
-                "content_filter": result.content_filter,
-            })
+            ti.xcom_push(key="answer", value={name: getattr(result, name) for name in _ANSWER_PARTS})
+        elif outcome.resumed:
+            stored = run.extras["stored"]
+            ti.xcom_push(key="answer", value={name: stored.get(name) for name in _ANSWER_PARTS})
 
 
 def _default_pool_slots(kwargs: dict[str, Any], max_concurrency: Any) -> None:

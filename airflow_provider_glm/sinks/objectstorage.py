@@ -3,7 +3,8 @@
 :class:`JSONLResultsExport` writes one line per input row, ordered by ``row_key``, to an Airflow
 :class:`~airflow.sdk.ObjectStoragePath` (``file://``, ``s3://``, ``gs://``, ... any scheme a provider
 registers). Each line is a plain JSON object with the keys of :data:`FIELDS`, in that order;
-``updated_at`` is ISO 8601 in UTC (``2026-11-26T13:00:35.059410Z``).
+``updated_at`` and ``logical_date`` are ISO 8601 in UTC (``2026-11-26T13:00:35.059410Z``), and
+``output``, ``tool_calls``, ``web_search`` and ``content_filter`` are JSON values (``null`` when absent).
 
 The rows come either from the SQL sink (:meth:`SQLSink.iter_results`, streamed, so the file holds the
 scope's complete state, rows resumed from earlier tries included, without loading them all), or from
@@ -43,11 +44,14 @@ __all__ = ["FIELDS", "JSONLResultsExport"]
 log = logging.getLogger(__name__)
 
 FIELDS: tuple[str, ...] = (
-    "dag_id", "task_id", "run_id", "map_index", "row_key", "status", "content", "reasoning_content",
-    "finish_reason", "output", "error", "model", "prompt_tokens", "completion_tokens", "total_tokens",
+    "dag_id", "task_id", "run_id", "map_index", "logical_date", "row_key", "status", "content",
+    "reasoning_content", "finish_reason", "output", "tool_calls", "web_search", "content_filter", "error",
+    "model", "prompt_tokens", "completion_tokens", "total_tokens", "fingerprint", "reused_from_run_id",
     "updated_at",
 )
-"""The keys of every line, in order."""
+"""The keys of every line, in order: the scope, the row, the whole answer, where it came from."""
+_SCOPE_FIELDS = frozenset({"dag_id", "task_id", "run_id", "map_index", "logical_date"})
+_JSON_FIELDS = ("output", "tool_calls", "web_search", "content_filter")
 
 _LOCAL = frozenset({"file", "local"})
 _BUCKET_STORES = frozenset(
@@ -238,10 +242,7 @@ class JSONLResultsExport:
 
 
 def _record_row(record: ResultRecord) -> dict[str, Any]:
-    scope = record.scope
-    row = {name: getattr(record, name) for name in FIELDS[4:]}
-    row.update(dag_id=scope.dag_id, task_id=scope.task_id, run_id=scope.run_id, map_index=scope.map_index)
-    return row
+    return {name: getattr(record.scope if name in _SCOPE_FIELDS else record, name) for name in FIELDS}
 
 
 def _timestamp(value: Any) -> Any:
@@ -285,11 +286,13 @@ def _line(row: Mapping[str, Any]) -> bytes:
     except KeyError as exc:
         raise ValueError(f"result row {row.get('row_key')!r} lacks the field {exc.args[0]!r}") from None
     item["updated_at"] = _timestamp(item["updated_at"])
+    item["logical_date"] = _timestamp(item["logical_date"])
     try:
         try:
             text = _dumps(item)
         except ValueError:
-            item["output"] = _finite(item["output"])
+            for name in _JSON_FIELDS:
+                item[name] = _finite(item[name])
             text = _dumps(item)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"result row {item['row_key']!r} is not plain JSON: {exc}") from exc

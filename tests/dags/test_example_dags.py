@@ -156,3 +156,44 @@ def test_nightly_batch_dag_defers_and_writes(dag_env: dict[str, str], glm_server
     assert sum(u["total_tokens"] for u in usage) == glm_server.stats.billed_total_tokens
     lines = (tmp_path / "exports" / "results.jsonl").read_text().splitlines()
     assert len(lines) == 40 and json.loads(lines[0])["status"] == "ok"
+
+
+def test_extract_fields_dag_stores_typed_fields(dag_env: dict[str, str], glm_server: Any) -> None:
+    """Function calling end to end: one function per request, its arguments validated into typed columns."""
+    output = run_dag("glm_extract_fields", dag_env)
+    assert glm_server.stats.billed_responses == 4
+    for request in glm_server.requests:
+        body = request.body
+        assert [tool["function"]["name"] for tool in body["tools"]] == ["order_issue"]
+        assert body["tools"][0]["function"]["parameters"]["required"] == ["customer", "issue", "urgency",
+                                                                           "refund_requested"]
+        assert body["tool_choice"] == "auto"
+        assert "response_format" not in body
+
+    url = dag_env["GLM_WAREHOUSE_URL"]
+    engine = sa.create_engine(url)
+    try:
+        columns = {c["name"]: c["type"] for c in sa.inspect(engine).get_columns("order_issues")}
+    finally:
+        engine.dispose()
+    expected_types = {"customer": sa.Text, "order_id": sa.Text, "issue": sa.Text, "urgency": sa.BigInteger,
+                      "refund_requested": sa.Boolean, "amount": sa.Float, "items": sa.JSON}
+    for name, kind in expected_types.items():
+        assert isinstance(columns[name], kind), f"{name} is {columns[name]!r}, not {kind.__name__}"
+
+    rows = table_rows(url, "order_issues")
+    assert [r["row_key"] for r in rows] == ["M-1", "M-2", "M-3", "M-4"]
+    for row in rows:
+        assert row["status"] == "ok"
+        output_value = json.loads(row["output"])
+        assert output_value["customer"] == row["customer"]
+        assert row["issue"] in {"damaged", "late", "wrong_item", "billing", "other"}
+        assert isinstance(row["urgency"], int)
+        assert 1 <= row["urgency"] <= 5
+        assert row["refund_requested"] in (0, 1), "SQLite stores a boolean as 0 or 1"
+        assert bool(row["refund_requested"]) is output_value["refund_requested"]
+        assert json.loads(row["items"]) == output_value["items"]
+        (call,) = json.loads(row["tool_calls"])
+        assert (call["name"], call["arguments"]) == ("order_issue", output_value)
+    assert "EXTRACTED 4 messages" in output
+    assert sum(line.startswith("TRIAGE M-") for line in output.splitlines()) == 4

@@ -15,8 +15,8 @@ import pytest
 import sqlalchemy as sa
 from _databases import BACKENDS, server_url
 
-from airflow_provider_glm.sinks.objectstorage import FIELDS, JSONLResultsExport
 from airflow_provider_glm.records import ResultRecord, RunScope
+from airflow_provider_glm.sinks.objectstorage import FIELDS, JSONLResultsExport
 from airflow_provider_glm.sinks.sql import SQLSink
 
 SCOPE = RunScope("dag", "task", "run-1")
@@ -39,10 +39,22 @@ def _record(row_key: str, status: Any = "ok", scope: RunScope = SCOPE, **kwargs:
     return ResultRecord(scope=scope, row_key=row_key, status=status, **values)
 
 
+TOOL_CALLS = [
+    {"id": "call_1", "type": "function", "name": "lookup_order", "arguments": {"order_id": "A-1", "n": [1, 2.5]}},
+    {"id": "call_2", "type": "function", "name": "lookup_order", "arguments": "A-2, not JSON"},
+    {"id": "call_3", "type": "mcp", "mcp": {"type": "mcp_call", "server_label": "crm", "output": {"tier": None}}},
+]
+WEB_SEARCH = [{"title": "Résumé \"quoted\"", "link": "https://example.com/a", "content": "C\n😀", "icon": "",
+               "media": "example.com", "refer": "ref_1", "publish_date": "2025-01-02"}]
+CONTENT_FILTER = [{"role": "assistant", "level": 3}, {"role": "user", "level": 0}]
+
+
 def _records() -> list[ResultRecord]:
     return [
         _record("r-03", content=TRICKY, reasoning_content="thinking…\n\"quoted\"",
-                output={"a": [1, 2.5, None, True], "s": 'é"\n', "nested": {"k": "v"}}),
+                output={"a": [1, 2.5, None, True], "s": 'é"\n', "nested": {"k": "v"}},
+                tool_calls=TOOL_CALLS, web_search=WEB_SEARCH, content_filter=CONTENT_FILTER,
+                fingerprint="f" * 64, reused_from_run_id="run-0"),
         _record("r-01", content=BIG, prompt_tokens=1, completion_tokens=300_000, total_tokens=300_001),
         _record("r-02", "failed", content=None, finish_reason=None, error="GLMServerError: boom\nline 2",
                 prompt_tokens=None, completion_tokens=None, total_tokens=None),
@@ -52,16 +64,22 @@ def _records() -> list[ResultRecord]:
     ]
 
 
+def _utc_text(value: dt.datetime | None) -> str | None:
+    return None if value is None else value.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
 def _expected(record: ResultRecord) -> dict[str, Any]:
-    stamp = record.updated_at.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     return {
         "dag_id": record.scope.dag_id, "task_id": record.scope.task_id, "run_id": record.scope.run_id,
-        "map_index": record.scope.map_index, "row_key": record.row_key, "status": record.status,
+        "map_index": record.scope.map_index, "logical_date": _utc_text(record.scope.logical_date),
+        "row_key": record.row_key, "status": record.status,
         "content": record.content, "reasoning_content": record.reasoning_content,
-        "finish_reason": record.finish_reason, "output": record.output, "error": record.error,
+        "finish_reason": record.finish_reason, "output": record.output, "tool_calls": record.tool_calls,
+        "web_search": record.web_search, "content_filter": record.content_filter, "error": record.error,
         "model": record.model, "prompt_tokens": record.prompt_tokens,
         "completion_tokens": record.completion_tokens, "total_tokens": record.total_tokens,
-        "updated_at": stamp,
+        "fingerprint": record.fingerprint, "reused_from_run_id": record.reused_from_run_id,
+        "updated_at": _utc_text(record.updated_at),
     }
 
 
@@ -288,6 +306,52 @@ def test_rerun_overwrites(tmp_path: Path) -> None:
     export.write(SCOPE, records=[_record("only", content="new")])
     assert [(line["row_key"], line["content"]) for line in _parse(dest.read_bytes())] == [("only", "new")]
     assert os.listdir(tmp_path) == ["results.jsonl"]
+
+
+# -------------------------------------------------------------------------------------- the whole answer
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_whole_answer_and_logical_date_are_exported_alike_from_sink_and_memory(backend: str,
+                                                                               tmp_path: Path) -> None:
+    """Tool calls (MCP entry included), web search, content filter, fingerprint, reuse and the logical date
+    reach the file unchanged, and the SQL round trip on each database gives the same bytes as memory."""
+    dated = RunScope("dag", "task", "scheduled__2026-11-26", logical_date=dt.datetime(2026, 11, 26, 8, tzinfo=BEIJING))
+    records = [_record(r.row_key, r.status, scope=dated, **{k: v for k, v in r.__dict__.items()
+                                                             if k not in ("scope", "row_key", "status")})
+               for r in _records()[:1] + _records()[2:]]
+    url = f"sqlite:///{tmp_path / 'sink.db'}" if backend == "sqlite" else server_url(backend)
+    suffix = uuid.uuid4().hex[:12]
+    sink = SQLSink.from_url(url, f"glm_results_{suffix}", f"glm_usage_{suffix}", runs_table=f"glm_runs_{suffix}")
+    try:
+        sink.ensure_tables()
+        sink.write(records, [])
+        from_sink, from_memory = tmp_path / "sink.jsonl", tmp_path / "memory.jsonl"
+        JSONLResultsExport(f"file://{from_sink}").write(dated, sink=sink)
+        JSONLResultsExport(f"file://{from_memory}").write(dated, records=records)
+        lines = _parse(from_sink.read_bytes())
+        assert lines == [_expected(r) for r in sorted(records, key=lambda r: r.row_key)]
+        assert from_sink.read_bytes() == from_memory.read_bytes()
+        whole = lines[1]
+        assert whole["row_key"] == "r-03"
+        assert (whole["tool_calls"], whole["web_search"], whole["content_filter"]) == (
+            TOOL_CALLS, WEB_SEARCH, CONTENT_FILTER)
+        assert (whole["fingerprint"], whole["reused_from_run_id"]) == ("f" * 64, "run-0")
+        assert {line["logical_date"] for line in lines} == {"2026-11-26T00:00:00.000000Z"}
+        assert lines[0]["tool_calls"] is None, "no calls: null, not an empty list"
+    finally:
+        for table in (sink.results_table, sink.usage_table, sink.runs_table):
+            table.drop(sink._engine, checkfirst=True)
+        sink.dispose()
+
+
+def test_no_logical_date_and_non_finite_arguments(tmp_path: Path) -> None:
+    dest = tmp_path / "results.jsonl"
+    calls = [{"id": "c", "type": "function", "name": "f", "arguments": {"x": float("nan"), "y": [float("-inf")]}}]
+    JSONLResultsExport(f"file://{dest}").write(SCOPE, records=[_record("a", tool_calls=calls)])
+    (line,) = _parse(dest.read_bytes())
+    assert line["logical_date"] is None
+    assert line["tool_calls"][0]["arguments"] == {"x": None, "y": [None]}
 
 
 # ----------------------------------------------------------------------------------- SQLSink.iter_results
