@@ -15,6 +15,8 @@ HEADINGS = (
     "## 3. DAG parse cost",
     "## 4. Memory",
     "## 5. Sink write rate",
+    "## 6. Celery scaling",
+    "## 7. Spend page",
 )
 
 
