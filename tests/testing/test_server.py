@@ -22,7 +22,6 @@ import pytest
 
 from airflow_provider_glm.testing import Fault, GLMTestServer
 
-
 ROOT = Path(__file__).resolve().parents[2]
 AUTH = {"Authorization": "Bearer test-key"}
 ZAI_KEY = "zaiid.zai-secret-0123456789abcdef0123456789"

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import json
 import math
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
 import httpx
 import jsonschema
 import pytest
+from _waits import wait_until
 from pydantic import BaseModel, Field
 
 from airflow_provider_glm.testing import Fault, GLMTestServer
@@ -48,14 +48,6 @@ def tokens(text: str) -> int:
     return max(1, math.ceil(len(text) / 4))
 
 
-def wait_until(condition: Callable[[], Any], what: str) -> Any:
-    deadline = time.monotonic() + WAIT_SECONDS
-    while True:
-        value = condition()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.01)
 
 
 def post(http: httpx.Client, srv: GLMTestServer, body: dict[str, Any]) -> dict[str, Any]:

@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import json
 import socket
-import time
-from collections.abc import Callable
 from typing import Any
 
 import httpx
 import pytest
+from _waits import wait_until
 
 from airflow_provider_glm.testing import Fault, GLMTestServer
 
@@ -22,14 +21,6 @@ BODY = {"model": "glm-4.5", "messages": [{"role": "user", "content": "hello worl
 WAIT_SECONDS = 30.0
 
 
-def wait_until(condition: Callable[[], Any], what: str) -> Any:
-    deadline = time.monotonic() + WAIT_SECONDS
-    while True:
-        value = condition()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.01)
 
 
 def chat(srv: GLMTestServer, body: dict[str, Any] | None = None, headers: dict[str, str] | None = None,

@@ -8,13 +8,11 @@ import os
 import subprocess
 import sys
 import threading
-import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
+from _waits import wait_until
 
 from airflow_provider_glm.testing import GLMTestServer
 
@@ -24,14 +22,6 @@ BODY = {"model": "glm-4.5", "messages": [{"role": "user", "content": "hello worl
 WAIT_SECONDS = 30.0
 
 
-def wait_until(condition: Callable[[], Any], what: str) -> Any:
-    deadline = time.monotonic() + WAIT_SECONDS
-    while True:
-        value = condition()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.01)
 
 
 def test_stats_and_reset_endpoints(glm_server: GLMTestServer) -> None:
