@@ -154,6 +154,8 @@ class RowRunner:
             return "unreachable", self.breaker.open_reason
         if limits.deadline is not None and time.monotonic() >= limits.deadline:
             return "deadline", "not sent: the task's execution_timeout was reached"
+        if limits.max_total_tokens is None and limits.max_cost is None:
+            return None
         budget = state.budget_exceeded(limits.max_total_tokens, limits.max_cost)
         return ("budget", budget) if budget else None
 
