@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _fakes import FakeTaskInstance, FakeTaskStateStore
 
 pytest_plugins = ["airflow_provider_glm.testing.pytest_plugin"]
 """The GLM test server's ``glm_server`` fixture: opt-in, as it is for users (the package registers no
@@ -30,31 +31,6 @@ os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
 os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(REPO / "dags")
 os.environ["AIRFLOW__CORE__UNIT_TEST_MODE"] = "True"
 os.environ.pop("AIRFLOW_CONN_GLM_DEFAULT", None)
-
-
-class FakeTaskInstance:
-    """The little of a task instance the operator uses when a test calls ``execute`` directly."""
-
-    def __init__(self, dag_id: str = "test_dag", task_id: str = "glm", run_id: str = "run-1",
-                 map_index: int = -1, try_number: int = 1) -> None:
-        self.dag_id = dag_id
-        self.task_id = task_id
-        self.run_id = run_id
-        self.map_index = map_index
-        self.try_number = try_number
-        self.xcom: dict[str, Any] = {}
-
-    def xcom_push(self, key: str, value: Any) -> None:
-        json.dumps(value)
-        self.xcom[key] = value
-
-
-class FakeTaskStateStore(dict):  # type: ignore[type-arg]
-    """Airflow 3.3's task state store as a dict: what survives between tries of one task instance."""
-
-    def set(self, key: str, value: Any) -> None:
-        json.dumps(value)
-        self[key] = value
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import threading
 from typing import Any
 
 import pytest
-from conftest import FakeTaskInstance, FakeTaskStateStore
+from _fakes import FakeTaskInstance, FakeTaskStateStore
 
 from airflow_provider_glm.concurrency import AdaptiveLimit, CircuitBreaker
 from airflow_provider_glm.exceptions import GLMRateLimitError
