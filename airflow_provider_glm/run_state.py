@@ -26,7 +26,8 @@ _COUNTED: tuple[RowStatus, ...] = ("ok", "failed", "filtered", "skipped")
 
 @dataclass
 class Spend:
-    """Tokens and cost, known and possibly billed. ``cost`` is ``None`` while nothing has a known price."""
+    """Tokens and cost, known and possibly billed. ``cost`` sums the priced calls; ``unpriced_calls`` counts
+    the billed calls whose model has no price, so a partial sum is never shown as the whole."""
 
     calls: int = 0
     prompt_tokens: int = 0
@@ -38,6 +39,7 @@ class Spend:
     unknown_attempts: int = 0
     unknown_tokens_max: int = 0
     unknown_cost_max: Decimal | None = None
+    unpriced_calls: int = 0
 
     def add(self, usage: UsageRecord) -> None:
         """Count one ledger entry."""
@@ -47,6 +49,7 @@ class Spend:
         self.total_tokens += usage.total_tokens
         self.unknown_attempts += usage.unknown_billing_attempts
         self.unknown_tokens_max += usage.unknown_tokens_max
+        self.unpriced_calls += usage.cost is None and usage.billing == "known"
         self._add_cost("cost", usage.cost, usage.currency)
         self._add_cost("unknown_cost_max", usage.unknown_cost_max, usage.currency)
 
@@ -80,15 +83,29 @@ class Spend:
             total.total_tokens += part.total_tokens
             total.unknown_attempts += part.unknown_attempts
             total.unknown_tokens_max += part.unknown_tokens_max
+            total.unpriced_calls += part.unpriced_calls
             total.mixed_currencies |= part.mixed_currencies
             total._add_cost("cost", part.cost, part.currency)
             total._add_cost("unknown_cost_max", part.unknown_cost_max, part.currency)
         return total
 
+    @property
+    def nothing_spent(self) -> bool:
+        return not self.calls and not self.unknown_attempts
+
+    def cost_text(self) -> str:
+        """The cost for a log line: ``"0"`` when nothing was spent, ``"unknown"`` when nothing was priced."""
+        if self.cost is None:
+            return "0" if self.nothing_spent and not self.mixed_currencies else "unknown"
+        text = f"{self.cost:.6f} {self.currency}"
+        return f"{text} (+{self.unpriced_calls} calls without a price)" if self.unpriced_calls else text
+
     def as_dict(self) -> dict[str, Any]:
+        cost = 0.0 if self.cost is None and self.nothing_spent and not self.mixed_currencies else _float(self.cost)
         return {
             "calls": self.calls, "prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
-            "total_tokens": self.total_tokens, "cost": _float(self.cost), "currency": self.currency,
+            "total_tokens": self.total_tokens, "cost": cost, "currency": self.currency,
+            "unpriced_calls": self.unpriced_calls,
             "mixed_currencies": self.mixed_currencies, "unknown_billing_attempts": self.unknown_attempts,
             "unknown_tokens_max": self.unknown_tokens_max, "unknown_cost_max": _float(self.unknown_cost_max),
         }
@@ -263,7 +280,7 @@ class RunState:
     def progress_line(self, *, final: bool, rate: float, eta: str, extra: str = "") -> str:
         """One log line: rows by outcome, tokens and cost (possibly billed included), rate, ETA."""
         spend = self.spend
-        cost = f"{spend.cost:.6f} {spend.currency}" if spend.cost is not None else "unknown"
+        cost = spend.cost_text()
         line = (f"{'Done:' if final else 'Progress:'} rows {self.done}/{self.count('seen')} (ok {self.count('ok')}, "
                 f"failed {self.count('failed')}, filtered {self.count('filtered')}, skipped {self.count('skipped')}, "
                 f"reused {self.count('reused')}, resumed {self.count('resumed')}); tokens {spend.total_tokens}; "

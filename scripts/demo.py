@@ -140,7 +140,8 @@ def night_line(warehouse: Path, night: str, requests: int | None) -> None:
         run = next(r for r in reversed(sink.runs()) if str(r["logical_date"])[:10] == night)
     finally:
         sink.dispose()
-    cost = "unknown" if run["cost"] is None else f"{run['cost']:.6f} {run['currency']}"
+    cost = ("unknown" if run["cost"] is None else "0" if not run["currency"]
+            else f"{run['cost']:.6f} {run['currency']}")
     asked = f"{requests} requests" if requests is not None else "requests: see the ledger"
     print(f"  {run['rows']} rows: {run['ok']} ok ({run['reused']} reused), {run['failed']} failed; {asked}; "
           f"{run['total_tokens']} tokens; cost {cost}", flush=True)
