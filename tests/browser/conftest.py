@@ -58,7 +58,7 @@ def airflow_home(tmp_path_factory: pytest.TempPathFactory) -> AirflowHome:
     return home
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def start_api_server(airflow_home: AirflowHome) -> Iterator[Callable[..., ApiServer]]:
     """Start an API server on the session's home with extra environment; all are stopped at the end."""
     started: list[ApiServer] = []
@@ -82,9 +82,13 @@ def start_api_server(airflow_home: AirflowHome) -> Iterator[Callable[..., ApiSer
         server.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    """Headless Debian Chromium through Playwright (never a downloaded browser)."""
+    """Headless Debian Chromium through Playwright (never a downloaded browser).
+
+    Module scope, and so are the API servers: Playwright's sync API keeps an asyncio loop marked as
+    running in the main thread while it is open, which breaks every later test that calls
+    ``asyncio.run``; and idle API servers would hold CPU and memory for the rest of the suite."""
     path = require_chromium()
     from playwright.sync_api import sync_playwright
 
