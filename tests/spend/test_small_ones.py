@@ -14,7 +14,7 @@ import re
 from typing import Any
 
 import pytest
-from _spend_common import Warehouse, chat_operator, checked_ledger, run_operator, use_connection
+from _spend_common import Warehouse, chat_operator, checked_ledger, run_operator
 
 from airflow_provider_glm.exceptions import GLMRowsFailedError
 from airflow_provider_glm.operators.batch import GLMBatchOperator
