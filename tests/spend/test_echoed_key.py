@@ -100,7 +100,7 @@ def test_X3_echoed_key_is_redacted_everywhere(echo_server: GLMTestServer, wh: Wa
         assert key not in text
 
 
-def test_X3_jwt_token_and_secret_half_are_redacted(monkeypatch: pytest.MonkeyPatch, sqlite_wh: Warehouse,
+def test_X4_jwt_token_and_secret_half_are_redacted(monkeypatch: pytest.MonkeyPatch, sqlite_wh: Warehouse,
                                                    context: dict[str, Any],
                                                    capfd: pytest.CaptureFixture[str]) -> None:
     key_id, secret = f"id{uuid.uuid4().hex[:8]}", f"secret{uuid.uuid4().hex}"
@@ -120,7 +120,7 @@ def test_X3_jwt_token_and_secret_half_are_redacted(monkeypatch: pytest.MonkeyPat
             assert secret_part not in text
 
 
-def test_X3_async_and_batch_failures_are_redacted(echo_server: GLMTestServer, sqlite_wh: Warehouse,
+def test_X5_async_and_batch_failures_are_redacted(echo_server: GLMTestServer, sqlite_wh: Warehouse,
                                                   context: dict[str, Any],
                                                   capfd: pytest.CaptureFixture[str]) -> None:
     """Async task failures and batch error lines carry the server's message too."""
