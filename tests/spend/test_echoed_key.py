@@ -99,6 +99,11 @@ def test_X3_echoed_key_is_redacted_everywhere(echo_server: GLMTestServer, wh: Wa
     for text in seen:
         assert key not in text
 
+    from airflow.sdk import log as airflow_log
+
+    masked = airflow_log._secrets_masker().redact(f"gateway said: invalid request from key {key}")
+    assert key not in str(masked), "the key is registered with Airflow's secrets masker too"
+
 
 def test_X4_jwt_token_and_secret_half_are_redacted(monkeypatch: pytest.MonkeyPatch, sqlite_wh: Warehouse,
                                                    context: dict[str, Any],
