@@ -321,8 +321,6 @@ class Attempts:
             self.core.observer(attempt_kind(error), error)
         if billed and error.retryable and self.unknown_billing > self.resend_limit:
             delay = None
-            error.message = _lost_again(error, self.unknown_billing, self.core.timeout)
-            error.args = (error.message,)
         else:
             delay = self.core.retry_delay(error, self.count, self.deadline)
             if delay is not None and billed:
@@ -330,6 +328,9 @@ class Attempts:
                 if self.deadline is not None and self.core.clock() + delay >= self.deadline:
                     delay = None
         if delay is None:
+            if billed and error.retryable:  # out of resends or of max_retries: either way, say what it may cost
+                error.message = _lost_again(error, self.unknown_billing, self.core.timeout)
+                error.args = (error.message,)
             error.call_info = self.info()
             raise error
         return delay

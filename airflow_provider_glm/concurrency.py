@@ -112,7 +112,8 @@ class AdaptiveLimit:
 
 
 class CircuitBreaker:
-    """Opens after :data:`UNREACHABLE_THRESHOLD` consecutive attempts that never reached the endpoint.
+    """Opens after :data:`UNREACHABLE_THRESHOLD` consecutive attempts that never reached the endpoint;
+    any answer resets the count, and a success closes it again.
 
     :param endpoint: ``host:port``, named in the reason.
     :param threshold: consecutive unreachable attempts that open it.
@@ -135,4 +136,6 @@ class CircuitBreaker:
                     f"failed to connect; last: {error.message if error is not None else 'unknown'})"
                 )
         else:
-            self._consecutive = 0
+            self._consecutive = 0  # the endpoint answered: the count starts again
+            if kind == "ok":
+                self.open_reason = None  # and a success closes it (a run already stopped stays stopped)

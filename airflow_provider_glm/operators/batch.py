@@ -96,8 +96,8 @@ class GLMBatchOperator(GLMBaseOperator):
         finally:
             if run.sink is not None:
                 run.sink.dispose()
-        if run.state.stopped is not None:
-            return self.finish(context, run, api="batch", budgets=self._budgets())
+        if run.state.stopped is not None:  # nothing submitted (a budget, a bad input row): done already
+            return self._done(context, run)
         reason = None
         if waiting:
             self._batch_ids = waiting
@@ -225,5 +225,9 @@ class GLMBatchOperator(GLMBaseOperator):
                 run.sink.dispose()
         if reason is not None:
             run.state.stop("deadline", f"not answered: {reason}")
+        return self._done(context, run)
+
+    def _done(self, context: Context, run: RunPlan) -> Any:
+        """The ``Done:`` line (as the chat operator logs it), then the task's outcome."""
         self.log.info(run.state.progress_line(final=True, rate=0.0, eta="-"))
         return self.finish(context, run, api="batch", budgets=self._budgets())
