@@ -98,14 +98,18 @@ class RowRunner:
         progress = asyncio.create_task(self._progress())
         workers = [asyncio.create_task(self._worker(queue, self.clients[i * len(self.clients) // self.workers]))
                    for i in range(self.workers)]
+        producer = asyncio.create_task(self._produce_all(source, queue, len(workers)))
         try:
-            await self._produce(source, queue)
-            for _ in workers:
-                await queue.put(None)
-            await asyncio.gather(*workers)
+            # a worker that dies (a bug, an exception a signal raised inside it) ends the run at once,
+            # instead of leaving the producer blocked on a full queue and the others waiting
+            done, _ = await asyncio.wait([producer, *workers], return_when=asyncio.FIRST_EXCEPTION)
+            for task in done:
+                task.result()
+            await asyncio.gather(producer, *workers)
         finally:
-            for task in workers:
+            for task in (producer, *workers):
                 task.cancel()
+            await asyncio.gather(producer, return_exceptions=True)  # it closes the source on the reader
             progress.cancel()
             self._reader.shutdown(wait=False)
             await self.writer.flush()
@@ -113,6 +117,12 @@ class RowRunner:
         self._log_progress(final=True)
 
     # --- reading and settling rows -------------------------------------------------------------------
+
+    async def _produce_all(self, source: RequestChunks, queue: asyncio.Queue[PreparedRequest | None],
+                           workers: int) -> None:
+        await self._produce(source, queue)
+        for _ in range(workers):
+            await queue.put(None)
 
     async def _produce(self, source: RequestChunks, queue: asyncio.Queue[PreparedRequest | None]) -> None:
         self._in_memory = source.in_memory

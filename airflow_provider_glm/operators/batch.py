@@ -30,12 +30,12 @@ Example::
 
 from __future__ import annotations
 
-import asyncio
 import time
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_glm.compat import conf
+from airflow_provider_glm.event_loop import run_in_task
 from airflow_provider_glm.operators.base import GLMBaseOperator
 
 if TYPE_CHECKING:
@@ -92,7 +92,7 @@ class GLMBatchOperator(GLMBaseOperator):
         started = time.monotonic()
         run = self._plan(context)
         try:
-            waiting = asyncio.run(self._start(context, run))
+            waiting = run_in_task(self._start(context, run))
         finally:
             if run.sink is not None:
                 run.sink.dispose()
@@ -103,7 +103,7 @@ class GLMBatchOperator(GLMBaseOperator):
             self._batch_ids = waiting
             if self.deferrable:
                 self._defer(waiting, started)
-            reason = asyncio.run(self._wait(waiting, self._end_time(started)))
+            reason = run_in_task(self._wait(waiting, self._end_time(started)))
         return self._collect(context, reason=reason)
 
     def execute_complete(self, context: Context, event: Any) -> Any:
@@ -219,7 +219,7 @@ class GLMBatchOperator(GLMBaseOperator):
                 await jobs.record(batches, reason=reason)
 
         try:
-            asyncio.run(collect())
+            run_in_task(collect())
         finally:
             if run.sink is not None:
                 run.sink.dispose()

@@ -19,12 +19,12 @@ Example::
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import time
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
+from airflow_provider_glm.event_loop import run_in_task
 from airflow_provider_glm.operators.base import GLMBaseOperator
 
 if TYPE_CHECKING:
@@ -94,9 +94,9 @@ class GLMChatOperator(GLMBaseOperator):
         run = self.plan(context, api=self.api, price_required=self.max_cost is not None)
         try:
             if self.row_mode:
-                asyncio.run(self._run_rows(run, started))
+                run_in_task(self._run_rows(run, started))
             else:
-                asyncio.run(self._run_single(run, started))
+                run_in_task(self._run_single(run, started))
                 self._push_single(context, run)
         finally:
             if run.sink is not None:

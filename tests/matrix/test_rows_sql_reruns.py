@@ -799,10 +799,15 @@ def test_R3_airflow_alarm_with_calls_in_flight_then_resume(glm_conn: GLMTestServ
     op.execution_timeout = timedelta(seconds=1)
     previous, pending = signal.getsignal(signal.SIGALRM), signal.getitimer(signal.ITIMER_REAL)[0]
     started = time.monotonic()
+    # Airflow's alarm replaces pytest-timeout's: should the alarm ever be lost again, the held answers
+    # are released after a generous while, so the test fails on its assertions instead of hanging
+    watchdog = threading.Timer(240, glm_conn.release)
+    watchdog.start()
     try:
         with pytest.raises(AirflowTaskTimeout), timeout(1):
             op.execute(context)
     finally:
+        watchdog.cancel()
         glm_conn.release()
         signal.signal(signal.SIGALRM, previous)  # hand the alarm back to pytest-timeout
         if pending:
