@@ -46,8 +46,8 @@ class ReviewStarsAsText(BaseModel):
     aspect: Aspect
 
 
-EXACT = {"stars": 4, "score": 0.75, "recommend": True, "summary": "Fits well, battery short.", "sentiment": "mixed",
-         "tags": ["lid", "battery"], "aspect": {"name": "battery", "good": False}}
+EXACT = {"stars": 4, "score": 123456.789, "recommend": True, "summary": "Fits well, battery short.",
+         "sentiment": "mixed", "tags": ["lid", "battery"], "aspect": {"name": "battery", "good": False}}
 KINDS = {"stars": "integer", "score": "float", "recommend": "boolean", "summary": "text", "sentiment": "text",
          "tags": "json", "aspect": "json"}
 
