@@ -60,8 +60,8 @@ class Nightly:
         self.bodies.update({str(r["id"]): r["body"] for r in rows})
 
     def edit(self, ids: list[int]) -> None:
-        """Change the body of these reviews (so their prompts change)."""
-        changed = [{"id": i, "body": review_body(i) + " (edited)"} for i in ids]
+        """Append " (edited)" to the body of these reviews (so their prompts change, again each time)."""
+        changed = [{"id": i, "body": self.bodies[str(i)] + " (edited)"} for i in ids]
         with self.engine.begin() as conn:
             conn.execute(sa.text(f"UPDATE {self.source} SET body = :body WHERE id = :id"), changed)
         self.bodies.update({str(r["id"]): r["body"] for r in changed})
