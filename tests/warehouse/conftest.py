@@ -26,3 +26,14 @@ def nightly(backend: str, tmp_path: Path) -> Iterator[Nightly]:
         for name in (tables.source, tables.results_table, tables.usage_table, tables.runs_table, tables.latest_table):
             conn.execute(sa.text(f"DROP TABLE IF EXISTS {name}"))
     engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def airflow_metadata_db() -> None:
+    """The metadata database of the session's private AIRFLOW_HOME (``airflow dags test`` needs one)."""
+    import subprocess
+    import sys
+
+    airflow = str(Path(sys.executable).with_name("airflow"))
+    done = subprocess.run([airflow, "db", "migrate"], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
