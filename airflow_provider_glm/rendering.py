@@ -185,7 +185,8 @@ class MessageTemplate:
     def render(self, row: Row) -> list[dict[str, Any]]:
         """Messages for one row.
 
-        :raises ValueError: the template uses a name that is not defined (the row's columns are listed).
+        :raises ValueError: the template uses a name that is not defined, or fails on the row's values (the
+            row's columns are listed).
         """
         from jinja2 import UndefinedError
         from jinja2.exceptions import SecurityError
@@ -195,10 +196,13 @@ class MessageTemplate:
         for path, template in self._compiled:
             try:
                 text = template.render(variables)
-            except (UndefinedError, SecurityError) as exc:
+            except Exception as exc:  # noqa: BLE001 - any template error is this row's input error
+                # A filter or an operator on the row's data (``format`` of a NULL, a division by zero)
+                # raises its own type: named here, it stops a streamed source like any bad row would.
+                what = str(exc) if isinstance(exc, (UndefinedError, SecurityError)) else f"{type(exc).__name__}: {exc}"
                 columns = ", ".join(sorted(map(str, row.values))) or "none"
                 where = f"row {row.key!r}: messages[{path[0]}]"
-                raise ValueError(f"{where}: {exc} (the row's columns: {columns})") from None
+                raise ValueError(f"{where}: {what} (the row's columns: {columns})") from None
             _set_path(out, path, text)
         return out
 

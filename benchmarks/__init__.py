@@ -10,7 +10,8 @@ Sections, one module each:
    the official ``zai-sdk`` and with ``airflow dags test`` of a mapped DAG (``benchmarks/dags``).
 2. :mod:`benchmarks.client_overhead` -- client CPU per call: ours (sync, async), ``zai-sdk``, ``openai``.
 3. :mod:`benchmarks.parse_cost` -- import time of the operator module on top of ``airflow.sdk``.
-4. :mod:`benchmarks.memory` -- peak RSS of the operator with the SQL sink at 10k and 100k rows.
+4. :mod:`benchmarks.memory` -- peak RSS of the operator with the SQL sink at 10k and 100k rows, and of the
+   nightly ``source_sql`` job at 5k, 50k and 500k rows of 1 KB.
 5. :mod:`benchmarks.sink_write` -- ``SQLSink.write`` rows/s into SQLite, PostgreSQL and MariaDB.
 6. :mod:`benchmarks.celery_scaling` -- 8 mapped tasks on the CeleryExecutor with two workers vs one
    task at the same total concurrency (the Celery test's harness; skipped in ``--quick`` mode).

@@ -6,6 +6,12 @@ worker importing exactly the modules the operator run ended up with (its ``sys.m
 and without running anything. The input rows are a Python list (the operator's input), so their own
 size -- the RSS growth while building that list -- is reported separately, leaving the operator's own
 overhead: peak - baseline - rows.
+
+Part (b) is the nightly warehouse job (``dags/glm_nightly_summary.py``): rows of about 1 KB streamed
+from a SQLite table with ``source_sql``, reuse on, a sentiment + summary schema in typed columns and a
+latest table, all in the same SQLite file. One fresh process per size (5k, 50k, 500k rows; 200 and
+2,000 in ``--quick`` mode; ``BENCH_SOURCE_SQL_ROWS=5000,50000`` picks others): its peak RSS, and how
+much more than the smallest size it needed. ``BENCH_MEMORY_PART=b`` runs part (b) alone.
 """
 
 from __future__ import annotations
@@ -14,8 +20,10 @@ import gc
 import importlib
 import os
 import resource
+import sqlite3
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from benchmarks._common import (
@@ -36,6 +44,9 @@ GOAL_MB = 150.0
 FLAT_BYTES_PER_ROW = 100
 """"Nearly flat": the operator's own memory may grow by at most this much per extra input row."""
 CONCURRENCY = 32
+SOURCE_GOAL_MB = 40.0
+"""The nightly job's peak RSS may grow by less than this from the smallest size to 10x its rows."""
+BODY_BYTES = 1024
 
 
 def _rss_mb() -> float:
@@ -105,6 +116,12 @@ def memory_run(p: dict[str, Any]) -> dict[str, Any]:
 
 
 def run(ctx: Context) -> str:
+    if os.environ.get("BENCH_MEMORY_PART") == "b":  # only the nightly source_sql job
+        return f"{TITLE}\n\n" + _run_source_sql(ctx)
+    return _run_rows_list(ctx) + "\n" + _run_source_sql(ctx)
+
+
+def _run_rows_list(ctx: Context) -> str:
     small, large = (200, 2000) if ctx.quick else (10_000, 100_000)
     large_reps = 1
     small_runs: list[dict[str, Any]] = []
@@ -217,5 +234,123 @@ def run(ctx: Context) -> str:
             f"grows by {growth:.1f} MiB for {large - small:,} more rows (≈ {per_row:.0f} bytes/row): "
             f"**{'met' if per_row <= FLAT_BYTES_PER_ROW else 'not met'}**."
         )
+        out.append("")
+    return "\n".join(out)
+
+
+# ---------------------------------------------------------------- (b) the nightly source_sql job
+
+
+def seed_reviews(db: Path, n: int) -> None:
+    """``reviews(id, product, body)`` with ``n`` rows of a ~1 KB body each, written as a stream."""
+    filler = "The pump works well, the hose is short and the manual is thin. " * 20
+    with sqlite3.connect(db) as conn:
+        conn.execute("CREATE TABLE reviews (id INTEGER PRIMARY KEY, product TEXT, body TEXT)")
+        rows = ((i, f"P{i % 50}", (f"Review {i}: " + filler)[:BODY_BYTES]) for i in range(n))
+        conn.executemany("INSERT INTO reviews VALUES (?, ?, ?)", rows)
+
+
+def source_sql_run(p: dict[str, Any]) -> dict[str, Any]:
+    """Worker: one night of the nightly-summary job over ``p["db"]``'s reviews; peak RSS in MiB."""
+    from typing import Literal
+
+    from pydantic import BaseModel, Field
+
+    os.environ["AIRFLOW_CONN_GLM_DEFAULT"] = conn_json(p["base_url"])
+    import airflow.sdk  # noqa: F401
+
+    from airflow_provider_glm.operators.chat import GLMChatOperator
+    from benchmarks.throughput import FakeTaskInstance
+
+    class ReviewSummary(BaseModel):
+        sentiment: Literal["positive", "mixed", "negative"]
+        summary: str = Field(description="One neutral sentence.")
+
+    op = GLMChatOperator(
+        task_id="summarize_reviews",
+        source_sql="SELECT id, product, body FROM reviews ORDER BY id",
+        row_key="id",
+        system_prompt="You summarize product reviews for a weekly report.",
+        prompt="Product: {{ row.product }}\nReview: {{ row.body }}",
+        request_params={"max_tokens": 200},
+        output_schema=ReviewSummary,
+        output_columns=True,
+        sqlalchemy_url=f"sqlite:///{p['db']}",
+        results_table="review_summaries",
+        latest_table="review_summaries_latest",
+        max_concurrency=CONCURRENCY,
+        max_xcom_rows=50,
+    )
+    ti = FakeTaskInstance(dag_id="glm_nightly_summary", task_id="summarize_reviews")
+    gc.collect()
+    rss0 = _rss_mb()
+    wall0 = time.perf_counter()
+    summary = op.execute({"ti": ti, "params": {}, "run_id": ti.run_id})
+    wall = time.perf_counter() - wall0
+    with sqlite3.connect(p["db"]) as conn:
+        ok = conn.execute("SELECT COUNT(*) FROM review_summaries WHERE status = 'ok' AND sentiment IS NOT NULL"
+                          ).fetchone()[0]
+    return {"peak": _peak_mb(), "rss_before": rss0, "wall": wall, "rows": p["rows"], "ok": int(ok),
+            "summary_rows": summary["rows"]}
+
+
+def _source_sizes(ctx: Context) -> list[int]:
+    chosen = os.environ.get("BENCH_SOURCE_SQL_ROWS")
+    if chosen:
+        return [int(n) for n in chosen.split(",") if n.strip()]
+    return [200, 2000] if ctx.quick else [5_000, 50_000, 500_000]
+
+
+def _run_source_sql(ctx: Context) -> str:
+    sizes = _source_sizes(ctx)
+    work = ctx.tmp("memory-source-sql")
+    measured: dict[int, dict[str, Any]] = {}
+    with ServerProcess(ctx.env, latency=0.0, auto_reset=5.0) as srv:
+        env = dict(ctx.env, AIRFLOW_CONN_GLM_DEFAULT=conn_json(srv.base_url))
+        for n in sizes:
+            db = work / f"nightly-{n}.db"
+            log(f"4b memory: nightly source_sql job, {n:,} rows of {BODY_BYTES} bytes (seeding, then one run)")
+            try:
+                seed_reviews(db, n)
+                res = guarded(ctx, f"4b memory source_sql {n}", run_worker, "benchmarks.memory:source_sql_run",
+                              {"rows": n, "base_url": srv.base_url, "db": str(db)}, env, timeout=3600)
+            finally:
+                for suffix in ("", "-wal", "-shm"):
+                    Path(f"{db}{suffix}").unlink(missing_ok=True)
+            if res:
+                measured[n] = res
+    smallest = min(measured) if measured else None
+    rows_tbl = []
+    for n in sizes:
+        res = measured.get(n)
+        if res is None:
+            rows_tbl.append([f"{n:,}", "n/a", "n/a", "n/a", "not measured (error)"])
+            continue
+        diff = res["peak"] - measured[smallest]["peak"] if smallest is not None else None
+        rows_tbl.append([
+            f"{n:,}", f"{res['peak']:.1f}", f"**{fmt(diff, '+.1f')}**" if n != smallest else "–",
+            f"{res['wall']:.1f} ({n / res['wall']:.0f} rows/s)",
+            "all ok, typed columns filled" if res["ok"] == n else f"{res['ok']:,} of {n:,} ok",
+        ])
+    out = [
+        "### 4b. The nightly `source_sql` job",
+        "",
+        f"Peak RSS (MiB, `ru_maxrss`) of a fresh process running one night of the nightly-summary job "
+        f"(`dags/glm_nightly_summary.py`): rows of {BODY_BYTES} bytes streamed from a SQLite table with "
+        "`source_sql` (chunks of 1,000), reuse on (the first night: every row asked), a sentiment + summary "
+        f"`output_schema` in typed columns, results and latest tables in the same SQLite file, max_concurrency "
+        f"{CONCURRENCY}, zero-latency server. One run per size; the difference is against the smallest size.",
+        "",
+        table(["Source rows", "Peak RSS", "Difference", "Wall s", "Rows"], rows_tbl),
+        "",
+    ]
+    tenfold = [n for n in measured if smallest is not None and n >= 10 * smallest]
+    if tenfold:
+        verdicts = []
+        for n in sorted(tenfold):
+            diff = measured[n]["peak"] - measured[smallest]["peak"]
+            verdicts.append(f"{n:,} rows {diff:+.1f} MiB ({'met' if diff < SOURCE_GOAL_MB else 'not met'})")
+        out.append(f"Goal: flat in the number of rows, less than {SOURCE_GOAL_MB:.0f} MiB more peak RSS than "
+                   f"at {smallest:,} rows: " + "; ".join(verdicts) + ".")
         out.append("")
     return "\n".join(out)

@@ -94,7 +94,8 @@ RESERVED_COLUMNS = frozenset({
 def output_column_defs(json_schema: Any) -> list[sa.Column[Any]]:
     """One typed, nullable column per top-level property of a JSON schema (``output_columns=True``).
 
-    integer → BIGINT, number → FLOAT, boolean → BOOLEAN, string and enum → TEXT, array and object → JSON.
+    integer → BIGINT, number → FLOAT (DOUBLE on MySQL/MariaDB), boolean → BOOLEAN, string and enum → TEXT,
+    array and object → JSON.
 
     :raises ValueError: the schema has no top-level properties, or a property's name is not a plain
         identifier or is one of the results table's own columns.
@@ -148,7 +149,8 @@ def _column_type(spec: dict[str, Any]) -> sa.types.TypeEngine[Any]:
     if kind == "integer":
         return sa.BigInteger()
     if kind == "number":
-        return sa.Float()
+        # MySQL/MariaDB's FLOAT is single precision (123456.789 reads back as 123457): DOUBLE there
+        return sa.Float().with_variant(mysql.DOUBLE(asdecimal=False), *MYSQL_DIALECTS)
     if kind == "boolean":
         return sa.Boolean()
     if kind == "string":
