@@ -93,6 +93,13 @@ class Spend:
     def nothing_spent(self) -> bool:
         return not self.calls and not self.unknown_attempts
 
+    @property
+    def total_cost(self) -> Decimal | None:
+        """``cost``, or exactly 0 when nothing was billed at all (a night that reused every answer)."""
+        if self.cost is None and self.nothing_spent and not self.mixed_currencies:
+            return Decimal(0)
+        return self.cost
+
     def cost_text(self) -> str:
         """The cost for a log line: ``"0"`` when nothing was spent, ``"unknown"`` when nothing was priced."""
         if self.cost is None:
@@ -101,10 +108,9 @@ class Spend:
         return f"{text} (+{self.unpriced_calls} calls without a price)" if self.unpriced_calls else text
 
     def as_dict(self) -> dict[str, Any]:
-        cost = 0.0 if self.cost is None and self.nothing_spent and not self.mixed_currencies else _float(self.cost)
         return {
             "calls": self.calls, "prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
-            "total_tokens": self.total_tokens, "cost": cost, "currency": self.currency,
+            "total_tokens": self.total_tokens, "cost": _float(self.total_cost), "currency": self.currency,
             "unpriced_calls": self.unpriced_calls,
             "mixed_currencies": self.mixed_currencies, "unknown_billing_attempts": self.unknown_attempts,
             "unknown_tokens_max": self.unknown_tokens_max, "unknown_cost_max": _float(self.unknown_cost_max),

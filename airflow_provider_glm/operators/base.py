@@ -194,7 +194,7 @@ class GLMBaseOperator(BaseOperator):
 
         row = {**summary, **(budgets or {}), "operator": type(self).__name__, "api": api, "model": run.model,
                "state": outcome, "started_at": run.started_at, "ended_at": utcnow()}
-        row.update(cost=run.state.spend.cost, unknown_cost_max=run.state.spend.unknown_cost_max,
+        row.update(cost=run.state.spend.total_cost, unknown_cost_max=run.state.spend.unknown_cost_max,
                    unknown_billing_attempts=run.state.spend.unknown_attempts)
         try:
             run.sink.write_run(run.scope, run.rules.try_number, row)

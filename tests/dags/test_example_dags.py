@@ -104,7 +104,7 @@ def test_nightly_summary_reuses_unchanged_rows_and_spend_report(dag_env: dict[st
     assert {r["reused_from_run_id"] for r in second} == {first[0]["run_id"]}
     assert {r["status"] for r in second} == {"ok"}
     night2 = next(r for r in sink.runs() if str(r["logical_date"])[:10] == "2026-11-29")
-    assert (night2["reused"], night2["total_tokens"], night2["cost"]) == (60, 0, None)
+    assert (night2["reused"], night2["total_tokens"], night2["cost"]) == (60, 0, 0)
 
     engine = sa.create_engine(url)
     with engine.begin() as conn:

@@ -77,9 +77,9 @@ def test_2000_rows_streamed_then_reused_then_only_the_changed_ones_asked(
         assert row["fingerprint"] == results[key]["fingerprint"]
         assert row["logical_date"] == NIGHT_2[1]
     summary = second["ti"].xcom["usage"]
-    assert (summary["ok"], summary["reused"], summary["total_tokens"], summary["cost"]) == (ROWS, ROWS, 0, None)
+    assert (summary["ok"], summary["reused"], summary["total_tokens"], summary["cost"]) == (ROWS, ROWS, 0, 0.0)
     (run,) = nightly.runs(NIGHT_2[0])
-    assert (run["reused"], run["total_tokens"], run["cost"], run["logical_date"]) == (ROWS, 0, None, NIGHT_2[1])
+    assert (run["reused"], run["total_tokens"], run["cost"], run["logical_date"]) == (ROWS, 0, 0, NIGHT_2[1])
 
     # Night 3: 25 reviews edited, so exactly 25 requests; the others still come from night 1's answers.
     nightly.edit(EDITED)
