@@ -14,10 +14,11 @@ Example::
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from airflow.sdk.bases.decorator import DecoratedOperator, TaskDecorator, determine_kwargs, task_decorator_factory
+from airflow.sdk.bases.decorator import DecoratedOperator, TaskDecorator, task_decorator_factory
 from airflow.sdk.definitions.context import context_merge
 
 from airflow_provider_glm.operators.chat import GLMChatOperator
@@ -28,6 +29,19 @@ if TYPE_CHECKING:
 __all__ = ["glm_task"]
 
 _SET_DURING_EXECUTION = "(returned by the decorated function)"
+
+
+def _call_kwargs(func: Callable[..., Any], args: Collection[Any], context: Mapping[str, Any]) -> dict[str, Any]:
+    """The context entries ``func`` takes by name after ``args`` (all of them with ``**kwargs``), as
+    TaskFlow passes them. Written here: Airflow 3.1's task SDK has no public helper for it."""
+    parameters = inspect.signature(func).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return dict(context)
+    positional = [n for n, p in parameters.items()
+                  if p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+    keyword_only = [n for n, p in parameters.items() if p.kind is inspect.Parameter.KEYWORD_ONLY]
+    names = positional[len(args):] + keyword_only
+    return {name: context[name] for name in names if name in context}
 
 
 class _GLMDecoratedOperator(DecoratedOperator, GLMChatOperator):
@@ -54,7 +68,7 @@ class _GLMDecoratedOperator(DecoratedOperator, GLMChatOperator):
 
     def execute(self, context: Context) -> Any:
         context_merge(context, self.op_kwargs)
-        kwargs = determine_kwargs(self.python_callable, self.op_args, context)
+        kwargs = _call_kwargs(self.python_callable, self.op_args, context)
         result = self.python_callable(*self.op_args, **kwargs)
         if isinstance(result, str) and result.strip():
             self.prompt, self.messages = result, None
