@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -98,12 +99,15 @@ class QueryRows(RequestChunks):
     def chunks(self) -> Iterator[list[PreparedRequest]]:
         import sqlalchemy as sa
 
-        _allow_concurrent_writes(self.engine)
         self._conn = self.engine.connect()
         try:
-            self._result = self._conn.execution_options(stream_results=True, yield_per=self.chunk_size).execute(
-                sa.text(self.sql))
-            for raw_rows in self._result.mappings().partitions(self.chunk_size):
+            if _is_sqlite_file(self.engine):
+                pages: Iterator[Sequence[Any]] = self._sqlite_pages()
+            else:
+                self._result = self._conn.execution_options(stream_results=True,
+                                                            yield_per=self.chunk_size).execute(sa.text(self.sql))
+                pages = self._result.mappings().partitions(self.chunk_size)
+            for raw_rows in pages:
                 prepared: list[PreparedRequest] = []
                 for raw in raw_rows:
                     self.read += 1
@@ -116,6 +120,35 @@ class QueryRows(RequestChunks):
         finally:
             self.close()
 
+    def _sqlite_pages(self) -> Iterator[list[dict[str, Any]]]:
+        """A SQLite file is read from a snapshot of the query in a temporary table, a page per short
+        transaction: an open cursor on the file would pin its write-ahead log, which then grows with
+        every result written to the same file until the run ends (gigabytes at 500,000 rows)."""
+        import sqlalchemy as sa
+
+        _allow_concurrent_writes(self.engine)
+        conn = self._conn
+        snapshot = f"glm_source_{uuid.uuid4().hex}"
+        conn.execute(sa.text(f"CREATE TEMP TABLE {snapshot} AS {self.sql}"))
+        conn.commit()
+        try:
+            last = 0
+            page = sa.text(f"SELECT rowid AS glm_snapshot_rowid_, * FROM temp.{snapshot} "
+                           "WHERE rowid > :last ORDER BY rowid LIMIT :size")
+            while True:
+                rows = [dict(r) for r in conn.execute(page, {"last": last, "size": self.chunk_size}).mappings()]
+                conn.rollback()  # end the read transaction, so the log can be checkpointed between pages
+                if not rows:
+                    return
+                last = rows[-1].pop("glm_snapshot_rowid_")
+                for row in rows[:-1]:
+                    row.pop("glm_snapshot_rowid_")
+                yield rows
+        finally:
+            if self._conn is not None and not self._conn.closed:
+                self._conn.execute(sa.text(f"DROP TABLE IF EXISTS temp.{snapshot}"))
+                self._conn.commit()
+
     def close(self) -> None:
         if self._result is not None:
             self._result.close()
@@ -123,6 +156,11 @@ class QueryRows(RequestChunks):
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+
+
+def _is_sqlite_file(engine: Engine) -> bool:
+    url = engine.url
+    return url.get_backend_name() == "sqlite" and bool(url.database) and url.database != ":memory:"
 
 
 def _allow_concurrent_writes(engine: Engine) -> None:
