@@ -73,11 +73,14 @@ def run_in_task(coro: Coroutine[Any, Any, T]) -> T:
             signal.signal(signal.SIGALRM, original)
 
     try:
-        return asyncio.run(main())
+        result = asyncio.run(main())
     except asyncio.CancelledError:
         if escaped:
             raise escaped[0] from None
         raise
+    if escaped:  # the alarm came after the coroutine's last await, before the handler was put back
+        raise escaped[0]
+    return result
 
 
 def run_blocking(awaitable: Awaitable[T]) -> T:

@@ -197,6 +197,10 @@ class MessageTemplate:
             try:
                 text = template.render(variables)
             except Exception as exc:  # noqa: BLE001 - any template error is this row's input error
+                from airflow_provider_glm.compat import AirflowTaskTimeout
+
+                if isinstance(exc, AirflowTaskTimeout):  # the task's alarm, not the row's fault
+                    raise
                 # A filter or an operator on the row's data (``format`` of a NULL, a division by zero)
                 # raises its own type: named here, it stops a streamed source like any bad row would.
                 what = str(exc) if isinstance(exc, (UndefinedError, SecurityError)) else f"{type(exc).__name__}: {exc}"
