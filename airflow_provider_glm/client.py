@@ -27,9 +27,10 @@ import httpx
 
 from airflow_provider_glm import constants
 from airflow_provider_glm.auth import APIKey
-from airflow_provider_glm.client_core import Attempts, CallInfo, ClientCore, http_options
+from airflow_provider_glm.client_core import Attempts, CallInfo, ClientCore, http_options, tls_context
 from airflow_provider_glm.event_loop import run_blocking
 from airflow_provider_glm.exceptions import GLMError, GLMInvalidResponseError
+from airflow_provider_glm.http1 import AnswerTooLarge, HTTP1Pool
 from airflow_provider_glm.models import ChatCompletion, ChatCompletionChunk, encode_body
 from airflow_provider_glm.streaming import DONE, SSEDecoder
 
@@ -66,6 +67,12 @@ class AsyncGLMClient:
         self._core = ClientCore(api_key, **options)
         self._sleep = sleep
         self._http = httpx.AsyncClient(**http_options(max_connections, transport))
+        # chat calls, one per row, go over the lean pool; a transport given by the caller (tests) takes all
+        self._pool: HTTP1Pool | None = None
+        if transport is None:
+            own = {"authorization", "host", "content-length", "transfer-encoding", "connection"}
+            self._pool = HTTP1Pool(self._core.base_url, tls_context(), max_connections,
+                                   {k: v for k, v in self._core.headers.items() if k.lower() not in own})
 
     def __repr__(self) -> str:
         return repr(self._core)
@@ -82,6 +89,8 @@ class AsyncGLMClient:
         await self.aclose()
 
     async def aclose(self) -> None:
+        if self._pool is not None:
+            await self._pool.aclose()
         await self._http.aclose()
 
     async def request(self, method: str, path: str, *, deadline: float | None = None, raw: bool = False,
@@ -128,13 +137,27 @@ class AsyncGLMClient:
         as is. The answer's :attr:`~airflow_provider_glm.models.ChatCompletion.call_info` says how
         many attempts it took and how many of them may have been billed.
         """
+        core, pool = self._core, self._pool
 
-        def parse(response: httpx.Response, content: bytes) -> ChatCompletion:
-            return self._core.parse_completion_bytes(response, content, request_id)
+        def parse(response: Any, content: bytes) -> ChatCompletion:
+            return core.parse_completion_bytes(response, content, request_id)
 
-        attempts = Attempts(self._core, deadline, billable=True)
-        completion, info = await self._send("POST", "chat/completions", attempts,
-                                            {"content": body}, parse, request_id)
+        attempts = Attempts(core, deadline, billable=True)
+        if pool is None:
+            completion, info = await self._send("POST", "chat/completions", attempts, {"content": body}, parse,
+                                                request_id)
+        else:
+            async def exchange(attempt_deadline: float) -> tuple[Any, bytes]:
+                left = max(0.001, attempt_deadline - core.clock())
+                try:
+                    return await pool.post("chat/completions", body, authorization=core.credentials.authorization(),
+                                           connect_timeout=min(core.connect_timeout, left),
+                                           read_timeout=min(core.read_timeout, left), limit=core.max_response_bytes)
+                except AnswerTooLarge as exc:
+                    core.check_progress(exc.received, attempt_deadline, request_id)
+                    raise GLMInvalidResponseError("the answer was too large", request_id=request_id) from None
+
+            completion, info = await self._attempts(attempts, exchange, parse, request_id)
         completion._call_info = info
         return completion
 
@@ -196,21 +219,29 @@ class AsyncGLMClient:
     async def _send(self, method: str, path: str, attempts: Attempts, kwargs: dict[str, Any],
                     parse: Callable[[httpx.Response, bytes], T], request_id: str | None,
                     raw: bool = False) -> tuple[T, CallInfo]:
-        """The attempt loop every call shares: build, send, read under the total deadline, parse, retry."""
+        """A call through httpx (files, batches, async chat, any transport a test gives)."""
+
+        async def exchange(attempt_deadline: float) -> tuple[httpx.Response, bytes]:
+            request = self._core.build(self._http, method, path, attempt_deadline, **kwargs)
+            response = await self._http.send(request, stream=True)
+            try:
+                content = await self._read(response, attempt_deadline, request_id, self._core.download_limit(raw))
+            finally:
+                await response.aclose()
+            return response, content
+
+        return await self._attempts(attempts, exchange, parse, request_id)
+
+    async def _attempts(self, attempts: Attempts, exchange: Callable[[float], Awaitable[tuple[Any, bytes]]],
+                        parse: Callable[[Any, bytes], T], request_id: str | None) -> tuple[T, CallInfo]:
+        """The attempt loop every call shares: send and read under the total deadline, parse, retry."""
         error: GLMError
         while True:
             attempt_deadline = attempts.begin()
             try:
-                request = self._core.build(self._http, method, path, attempt_deadline, **kwargs)
                 async with asyncio.timeout(max(0.0, attempt_deadline - self._core.clock())):
-                    response = await self._http.send(request, stream=True)
-                    try:
-                        content = await self._read(response, attempt_deadline, request_id,
-                                                   self._core.download_limit(raw))
-                    finally:
-                        await response.aclose()
-                result = parse(response, content)
-                return result, attempts.succeeded()
+                    response, content = await exchange(attempt_deadline)
+                return parse(response, content), attempts.succeeded()
             except TimeoutError:
                 error = self._core.total_timeout(request_id)
             except httpx.HTTPError as exc:

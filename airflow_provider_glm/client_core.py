@@ -34,7 +34,7 @@ from airflow_provider_glm.exceptions import (
 from airflow_provider_glm.models import ChatCompletion, build_chat_request
 from airflow_provider_glm.retry import RetryPolicy, parse_retry_after
 
-__all__ = ["AttemptObserver", "Attempts", "CallInfo", "ClientCore", "check_base_url", "http_options"]
+__all__ = ["AttemptObserver", "Attempts", "CallInfo", "ClientCore", "check_base_url", "http_options", "tls_context"]
 
 AttemptObserver = Callable[[str, "GLMError | None"], None]
 """Told after every attempt: ``("ok", None)``, or ``(kind, error)`` with kind ``rate_limited``,
@@ -124,6 +124,9 @@ class ClientCore:
         if urlsplit(self.base_url).hostname in ("api.z.ai",):
             self.headers["Accept-Language"] = "en-US,en"
         self.headers.update(headers or {})
+        for header, text in (*self.headers.items(), ("API key", key.reveal())):
+            if any(c in header + text for c in "\r\n\0"):
+                raise ValueError(f"the {header} header holds a line break or NUL; remove it from the connection")
         self._urls: dict[str, httpx.URL] = {}
 
     def __repr__(self) -> str:
@@ -353,12 +356,13 @@ def http_options(max_connections: int, transport: httpx.AsyncBaseTransport | Non
     from airflow_provider_glm.transport import async_transport
 
     return {
-        "transport": async_transport(max_connections, _tls_context(), transport),
+        "transport": async_transport(max_connections, tls_context(), transport),
         "follow_redirects": False,
         "trust_env": False,
     }
 
 
 @functools.cache
-def _tls_context() -> ssl.SSLContext:
+def tls_context() -> ssl.SSLContext:
+    """One TLS context for every client of the process (loading the CA bundle costs ~50 ms)."""
     return httpx.create_ssl_context()

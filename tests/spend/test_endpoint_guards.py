@@ -21,6 +21,7 @@ from airflow_provider_glm.client_core import check_base_url
 from airflow_provider_glm.concurrency import UNREACHABLE_THRESHOLD, CircuitBreaker
 from airflow_provider_glm.exceptions import GLMConnectionError, GLMEndpointUnreachableError, GLMTimeoutError
 from airflow_provider_glm.hooks.glm import GLMHook
+from airflow_provider_glm.http1 import HTTP1Pool
 from airflow_provider_glm.testing import GLMTestServer
 
 
@@ -33,7 +34,12 @@ def sent(monkeypatch: pytest.MonkeyPatch) -> list[httpx.Request]:
         requests.append(request)
         raise httpx.ConnectError("not sent by this test", request=request)
 
+    async def record_chat(self: HTTP1Pool, path: str, body: bytes, **kwargs: Any) -> Any:
+        requests.append(httpx.Request("POST", self.url(path), content=body))
+        raise httpx.ConnectError("not sent by this test")
+
     monkeypatch.setattr(httpx.AsyncClient, "send", record)
+    monkeypatch.setattr(HTTP1Pool, "post", record_chat)
     return requests
 
 
