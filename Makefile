@@ -8,7 +8,9 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip uv
-	$(VENV)/bin/uv pip install --quiet --python $(PY) -e '.[test]'
+	# byte-compiled as pip would (uv does not by default): with PYTHONDONTWRITEBYTECODE set, every
+	# Airflow subprocess would otherwise compile its imports from source on each start
+	$(VENV)/bin/uv pip install --quiet --compile-bytecode --python $(PY) -e '.[test]'
 	touch $@
 
 demo: setup

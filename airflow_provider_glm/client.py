@@ -30,7 +30,8 @@ from airflow_provider_glm.auth import APIKey
 from airflow_provider_glm.client_core import Attempts, CallInfo, ClientCore, http_options, tls_context
 from airflow_provider_glm.event_loop import run_blocking
 from airflow_provider_glm.exceptions import GLMError, GLMInvalidResponseError
-from airflow_provider_glm.http1 import AnswerTooLarge, HTTP1Pool
+from airflow_provider_glm.http1 import AnswerTooLarge
+from airflow_provider_glm.http_pool import HTTP1Pool
 from airflow_provider_glm.models import ChatCompletion, ChatCompletionChunk, encode_body
 from airflow_provider_glm.streaming import DONE, SSEDecoder
 

@@ -125,8 +125,9 @@ class ClientCore:
             self.headers["Accept-Language"] = "en-US,en"
         self.headers.update(headers or {})
         for header, text in (*self.headers.items(), ("API key", key.reveal())):
-            if any(c in header + text for c in "\r\n\0"):
-                raise ValueError(f"the {header} header holds a line break or NUL; remove it from the connection")
+            if any(c in header + text for c in "\r\n\0") or not (header + text).isascii():
+                raise ValueError(f"the {header} header holds a line break, NUL or non-ASCII character; remove it "
+                                 "from the connection")
         self._urls: dict[str, httpx.URL] = {}
 
     def __repr__(self) -> str:

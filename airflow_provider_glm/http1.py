@@ -1,10 +1,11 @@
-"""A lean HTTP/1.1 client for the one call made per row: POST a JSON body, read the whole answer.
+"""A lean HTTP/1.1 client for the one call made per row: one connection and its answer parser.
 
 Through httpx, every request passed a request model, header normalisation, h11's event machine, a
 pool that scans every connection and layers of async context managers: most of the client's CPU
 per row. :meth:`AsyncGLMClient.send_chat <airflow_provider_glm.client.AsyncGLMClient.send_chat>`
-sends on this pool instead: the head is joined once, and the answer is parsed as it arrives
-(status line, headers, ``Content-Length``, chunked or read-to-close body, gzip or deflate).
+sends on these connections (pooled by :mod:`.http_pool`) instead: the head is joined once, and
+the answer is parsed as it arrives (status line, headers, ``Content-Length``, chunked or
+read-to-close body, gzip or deflate).
 
 The attempt loop, deadlines, retries, billing books and parsing stay the client's. Failures are
 the httpx exceptions the client already maps, with the same meaning for billing:
@@ -17,16 +18,11 @@ followed; no proxy or CA settings are read from the environment.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import socket
-import ssl
 import zlib
-from collections.abc import Mapping
-from urllib.parse import urlsplit
 
 import httpx
 
-__all__ = ["Answer", "AnswerTooLarge", "HTTP1Pool"]
+__all__ = ["KEEPALIVE_EXPIRY", "Answer", "AnswerTooLarge", "Connection"]
 
 MAX_HEAD_BYTES = 64 * 1024
 """A response head (status line and headers) larger than this is a protocol error."""
@@ -55,28 +51,28 @@ class AnswerTooLarge(Exception):
         self.received = received
 
 
-class _Connection(asyncio.Protocol):
+class Connection(asyncio.Protocol):
     """One keep-alive connection; it carries one exchange at a time and parses the answer as it arrives."""
+
+    _headers: dict[str, str]
+    _body: list[bytes]
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self.transport: asyncio.Transport | None = None
         self.broken = False  # closed, failed, or sent bytes nobody asked for: never reused
-        self.idle_since = 0.0
+        self.idle_since = self._last_data = 0.0
         self._buffer = bytearray()
         self._done: asyncio.Future[None] | None = None
-        self._timer: asyncio.TimerHandle | None = None
-        self._read_timeout = 0.0
-        self._last_data = 0.0
-        self._limit = 0
+        self._reset(0.0, 0)
         self._state = _DONE
-        self._status = 0
-        self._headers: dict[str, str] = {}
-        self._body: list[bytes] = []
-        self._received = 0
-        self._remaining = 0
-        self._any_data = False
-        self.keep_alive = True
+
+    def _reset(self, read_timeout: float, limit: int) -> None:
+        self._state, self._status, self._headers, self._body = _HEAD, 0, {}, []
+        self._received = self._remaining = 0
+        self._any_data, self.keep_alive = False, True
+        self._limit, self._read_timeout = limit, read_timeout
+        self._buffer.clear()
 
     # --- asyncio.Protocol ----------------------------------------------------------------------------
 
@@ -92,9 +88,7 @@ class _Connection(asyncio.Protocol):
         self._buffer += data
         try:
             self._parse()
-        except httpx.HTTPError as exc:
-            self._finish(exc)
-        except AnswerTooLarge as exc:
+        except (httpx.HTTPError, AnswerTooLarge) as exc:
             self._finish(exc)
 
     def eof_received(self) -> bool | None:
@@ -108,15 +102,11 @@ class _Connection(asyncio.Protocol):
 
     async def exchange(self, request: bytes, read_timeout: float, limit: int) -> tuple[Answer, bytes]:
         assert self.transport is not None
-        self._state, self._status, self._headers, self._body = _HEAD, 0, {}, []
-        self._received = self._remaining = 0
-        self._any_data, self.keep_alive = False, True
-        self._limit, self._read_timeout = limit, read_timeout
-        self._buffer.clear()
+        self._reset(read_timeout, limit)
         self._done = done = self.loop.create_future()
         self.transport.write(request)
         self._last_data = self.loop.time()
-        self._timer = self.loop.call_at(self._last_data + read_timeout, self._check_idle)
+        self._timer: asyncio.TimerHandle = self.loop.call_at(self._last_data + read_timeout, self._check_idle)
         try:
             await done
         finally:
@@ -273,148 +263,3 @@ def _decode(encoding: str, content: bytes) -> bytes:
         return zlib.decompress(content, zlib.MAX_WBITS | 16)
     except zlib.error as exc:
         raise httpx.DecodingError(f"the answer's {encoding} body could not be decoded ({exc})") from None
-
-
-class HTTP1Pool:
-    """Keep-alive connections to one origin, at most ``max_connections`` of them.
-
-    :param base_url: ``http(s)://host[:port]/prefix``; requests go to ``prefix/path``.
-    :param ssl_context: for ``https``.
-    :param max_connections: connections open at once; further exchanges wait for one.
-    :param headers: sent with every request (``Host`` and ``Content-Length`` are added).
-    """
-
-    def __init__(self, base_url: str, ssl_context: ssl.SSLContext, max_connections: int,
-                 headers: Mapping[str, str]) -> None:
-        self.base_url = base_url.rstrip("/")
-        parts = urlsplit(self.base_url)
-        self._tls = ssl_context if parts.scheme == "https" else None
-        self._host = parts.hostname or ""
-        default = 443 if self._tls else 80
-        self._port = parts.port or default
-        host = f"[{self._host}]" if ":" in self._host else self._host
-        authority = host if self._port == default else f"{host}:{self._port}"
-        self._prefix = parts.path.rstrip("/")
-        self._head_end = "".join(f"{k}: {v}\r\n" for k, v in {"Host": authority, **headers}.items())
-        self._max = max(1, max_connections)
-        self._idle: list[_Connection] = []
-        self._open = 0
-        self._waiters: list[asyncio.Future[_Connection | None]] = []
-        self._closed = False
-
-    def url(self, path: str) -> str:
-        return f"{self.base_url}/{path}"
-
-    async def post(self, path: str, body: bytes, *, authorization: str, connect_timeout: float,
-                   read_timeout: float, limit: int) -> tuple[Answer, bytes]:
-        """POST ``body`` to ``path`` and return the answer's status, headers and (decoded) body.
-
-        :raises httpx.HTTPError: the request could not be sent or the answer not read.
-        :raises AnswerTooLarge: the body passed ``limit`` bytes (the connection is dropped).
-        """
-        request = (f"POST {self._prefix}/{path} HTTP/1.1\r\n{self._head_end}Authorization: {authorization}\r\n"
-                   f"Content-Length: {len(body)}\r\n\r\n").encode("latin-1") + body
-        connection = await self._acquire(connect_timeout)
-        reusable = False
-        try:
-            answer, content = await connection.exchange(request, read_timeout, limit)
-            reusable = connection.keep_alive and not connection.broken
-            return answer, content
-        finally:
-            self._release(connection, reusable)
-
-    async def aclose(self) -> None:
-        self._closed = True
-        for connection in self._idle:
-            if connection.transport is not None:
-                connection.transport.close()
-        self._idle.clear()
-        for waiter in self._waiters:
-            if not waiter.done():
-                waiter.set_result(None)
-
-    # --- the pool ------------------------------------------------------------------------------------
-
-    async def _acquire(self, connect_timeout: float) -> _Connection:
-        loop = asyncio.get_running_loop()
-        while True:
-            if self._closed:
-                raise httpx.ConnectError("the client is closed")
-            while self._idle:
-                connection = self._idle.pop()
-                if self._usable(connection, loop.time()):
-                    return connection
-                self._drop(connection)
-            if self._open < self._max:
-                self._open += 1
-                try:
-                    return await self._connect(loop, connect_timeout)
-                except BaseException:
-                    self._open -= 1
-                    self._wake()
-                    raise
-            waiter: asyncio.Future[_Connection | None] = loop.create_future()
-            self._waiters.append(waiter)
-            try:
-                handed = await waiter
-            except BaseException:
-                if waiter.done() and not waiter.cancelled():  # handed over just as the wait was cancelled
-                    late = waiter.result()
-                    if late is not None:
-                        self._release(late, True)
-                    else:
-                        self._wake()
-                elif waiter in self._waiters:
-                    self._waiters.remove(waiter)
-                raise
-            if handed is not None:
-                return handed
-
-    def _release(self, connection: _Connection, reusable: bool) -> None:
-        if not reusable or self._closed:
-            self._drop(connection)
-            self._wake()
-            return
-        connection.idle_since = connection.loop.time()
-        while self._waiters:
-            waiter = self._waiters.pop(0)
-            if not waiter.done():
-                waiter.set_result(connection)
-                return
-        self._idle.append(connection)
-
-    def _wake(self) -> None:
-        """A connection closed: let one waiter try to open a new one."""
-        while self._waiters:
-            waiter = self._waiters.pop(0)
-            if not waiter.done():
-                waiter.set_result(None)
-                return
-
-    def _drop(self, connection: _Connection) -> None:
-        self._open -= 1
-        connection.broken = True
-        if connection.transport is not None:
-            connection.transport.close()
-
-    @staticmethod
-    def _usable(connection: _Connection, now: float) -> bool:
-        transport = connection.transport
-        return (not connection.broken and transport is not None and not transport.is_closing()
-                and now - connection.idle_since < KEEPALIVE_EXPIRY)
-
-    async def _connect(self, loop: asyncio.AbstractEventLoop, timeout: float) -> _Connection:
-        try:
-            async with asyncio.timeout(timeout):
-                transport, connection = await loop.create_connection(
-                    lambda: _Connection(loop), self._host, self._port, ssl=self._tls,
-                    server_hostname=self._host if self._tls else None)
-        except TimeoutError:
-            raise httpx.ConnectTimeout(f"no connection to {self._host}:{self._port} within {timeout:g} s") from None
-        except OSError as exc:
-            raise httpx.ConnectError(f"{type(exc).__name__}: {exc}") from None
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return connection

@@ -66,6 +66,8 @@ def worker_env(home: Path) -> dict[str, str]:
         k: v
         for k, v in os.environ.items()
         if not k.startswith(("AIRFLOW_CONN_", "AIRFLOW__", "GLM_", "ZAI_", "OPENAI_", "PYTHONPATH"))
+        # byte code is cached, as on any deployment (otherwise each worker compiles every import anew)
+        and k != "PYTHONDONTWRITEBYTECODE"
     }
     env.update(
         AIRFLOW_HOME=str(home),

@@ -1,4 +1,4 @@
-"""The lean HTTP/1.1 pool of chat calls, against a scripted server on loopback.
+"""The lean HTTP/1.1 client of chat calls (http1.py, http_pool.py), against a scripted server on loopback.
 
 Each test's server reads whole requests and answers with bytes the test wrote, so framing
 (length, chunked, read-to-close, gzip), keep-alive, interim answers and every failure the client
@@ -23,7 +23,8 @@ import pytest
 
 from airflow_provider_glm import http1
 from airflow_provider_glm.client_core import ClientCore, tls_context
-from airflow_provider_glm.http1 import MAX_HEAD_BYTES, AnswerTooLarge, HTTP1Pool
+from airflow_provider_glm.http1 import MAX_HEAD_BYTES, AnswerTooLarge
+from airflow_provider_glm.http_pool import HTTP1Pool
 
 Script = Callable[[int, bytes, asyncio.StreamWriter], Awaitable[None]]
 """(request number on this server, request bytes, writer) -> writes the answer (or not)."""

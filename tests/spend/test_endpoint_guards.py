@@ -21,7 +21,7 @@ from airflow_provider_glm.client_core import check_base_url
 from airflow_provider_glm.concurrency import UNREACHABLE_THRESHOLD, CircuitBreaker
 from airflow_provider_glm.exceptions import GLMConnectionError, GLMEndpointUnreachableError, GLMTimeoutError
 from airflow_provider_glm.hooks.glm import GLMHook
-from airflow_provider_glm.http1 import HTTP1Pool
+from airflow_provider_glm.http_pool import HTTP1Pool
 from airflow_provider_glm.testing import GLMTestServer
 
 
