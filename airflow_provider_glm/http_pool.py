@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import socket
 import ssl
 from collections.abc import Mapping
@@ -20,6 +21,9 @@ from airflow_provider_glm import http1
 from airflow_provider_glm.http1 import Answer, Connection
 
 __all__ = ["HTTP1Pool"]
+
+log = logging.getLogger(__name__)
+"""At DEBUG, one line per request, as httpx logs its own: method, URL and status, or the failure's type."""
 
 
 class HTTP1Pool:
@@ -61,14 +65,22 @@ class HTTP1Pool:
         """
         request = (f"POST {self._prefix}/{path} HTTP/1.1\r\n{self._head_end}Authorization: {authorization}\r\n"
                    f"Content-Length: {len(body)}\r\n\r\n").encode("latin-1") + body
-        connection = await self._acquire(connect_timeout)
+        connection = None
         reusable = False
         try:
+            connection = await self._acquire(connect_timeout)
             answer, content = await connection.exchange(request, read_timeout, limit)
             reusable = connection.keep_alive and not connection.broken
-            return answer, content
+        except BaseException as exc:
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug('HTTP Request: POST %s failed: %s', self.url(path), type(exc).__name__)
+            raise
         finally:
-            self._release(connection, reusable)
+            if connection is not None:
+                self._release(connection, reusable)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug('HTTP Request: POST %s "HTTP/1.1 %d"', self.url(path), answer.status_code)
+        return answer, content
 
     async def aclose(self) -> None:
         self._closed = True
