@@ -53,6 +53,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--reps", type=int, default=None, help="repetitions (default 3, quick 1)")
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
+    if args.compare_python:  # workers run elsewhere; abspath keeps the venv's own python (no symlink resolution)
+        args.compare_python = os.path.abspath(args.compare_python)
     return args
 
 
