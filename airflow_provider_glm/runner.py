@@ -183,24 +183,36 @@ class RowRunner:
                 continue
             await self.limit.acquire()
             try:
-                completion = await self._ask(client, request)
-            except GLMError as exc:
-                outcome = outcomes.call_failed(rules, request, exc)
-            else:
-                outcome = outcomes.answered(rules, request, completion)
-                if completion.usage is None:
-                    self.log.warning("GLM answered row %s without usage (response %s): it was billed, but its tokens "
-                                     "are unknown; the ledger records it as billing='unknown' with an upper bound.",
-                                     request.key, completion.id)
+                outcome = await self._send(client, request)
+                # counted before the slot is freed, so the worker that takes it sees this row's spend
+                self._record_now(outcome)
             finally:
                 self.limit.release()
-            await self._record(outcome)
+            await self.writer.flush()
 
-    async def _record(self, outcome: Outcome, *, flush: bool = True) -> None:
+    async def _send(self, client: AsyncGLMClient, request: PreparedRequest) -> Outcome:
+        """Ask for one row, unless a stop came while this worker waited for its slot."""
+        stop = self._stop_reason()
+        if stop is not None:
+            self.state.stop(*stop)
+            return outcomes.skipped(self.rules, request.key, stop[1])
+        try:
+            completion = await self._ask(client, request)
+        except GLMError as exc:
+            return outcomes.call_failed(self.rules, request, exc)
+        if completion.usage is None:
+            self.log.warning("GLM answered row %s without usage (response %s): it was billed, but its tokens "
+                             "are unknown; the ledger records it as billing='unknown' with an upper bound.",
+                             request.key, completion.id)
+        return outcomes.answered(self.rules, request, completion)
+
+    def _record_now(self, outcome: Outcome) -> None:
         self.state.add(outcome)
         self.writer.add(outcome)
-        if flush:
-            await self.writer.flush()
+
+    async def _record(self, outcome: Outcome) -> None:
+        self._record_now(outcome)
+        await self.writer.flush()
 
     async def _ask(self, client: AsyncGLMClient, request: PreparedRequest) -> ChatCompletion:
         if self.limits.api != "async":
