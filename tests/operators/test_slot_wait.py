@@ -9,8 +9,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from airflow.sdk.exceptions import AirflowFailException
 
+from airflow_provider_glm.compat import AirflowFailException
 from airflow_provider_glm.concurrency import AdaptiveLimit
 from airflow_provider_glm.operators.chat import GLMChatOperator
 
