@@ -71,9 +71,7 @@ class AsyncGLMClient:
         # chat calls, one per row, go over the lean pool; a transport given by the caller (tests) takes all
         self._pool: HTTP1Pool | None = None
         if transport is None:
-            own = {"authorization", "host", "content-length", "transfer-encoding", "connection"}
-            self._pool = HTTP1Pool(self._core.base_url, tls_context(), max_connections,
-                                   {k: v for k, v in self._core.headers.items() if k.lower() not in own})
+            self._pool = HTTP1Pool(self._core.base_url, tls_context(), max_connections, self._core.headers)
 
     def __repr__(self) -> str:
         return repr(self._core)

@@ -22,6 +22,8 @@ from airflow_provider_glm.http1 import Answer, Connection
 
 __all__ = ["HTTP1Pool"]
 
+_OWN_HEADERS = frozenset({"authorization", "host", "content-length", "transfer-encoding", "connection"})
+
 log = logging.getLogger(__name__)
 """At DEBUG, one line per request, as httpx logs its own: method, URL and status, or the failure's type."""
 
@@ -32,7 +34,8 @@ class HTTP1Pool:
     :param base_url: ``http(s)://host[:port]/prefix``; requests go to ``prefix/path``.
     :param ssl_context: for ``https``.
     :param max_connections: connections open at once; further exchanges wait for one.
-    :param headers: sent with every request (``Host`` and ``Content-Length`` are added).
+    :param headers: sent with every request; the pool writes ``Host``, ``Authorization``, ``Content-Length``
+        and ``Connection`` framing itself, so given ones of those names are left out.
     """
 
     def __init__(self, base_url: str, ssl_context: ssl.SSLContext, max_connections: int,
@@ -46,7 +49,8 @@ class HTTP1Pool:
         host = f"[{self._host}]" if ":" in self._host else self._host
         authority = host if self._port == default else f"{host}:{self._port}"
         self._prefix = parts.path.rstrip("/")
-        self._head_end = "".join(f"{k}: {v}\r\n" for k, v in {"Host": authority, **headers}.items())
+        extra = {k: v for k, v in headers.items() if k.lower() not in _OWN_HEADERS}
+        self._head_end = "".join(f"{k}: {v}\r\n" for k, v in {"Host": authority, **extra}.items())
         self._max = max(1, max_connections)
         self._idle: list[Connection] = []
         self._open = 0

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks._common import (
+    REPO,
     Context,
     ServerProcess,
     conn_json,
@@ -40,6 +41,7 @@ from benchmarks._common import (
 )
 
 TITLE = "## 4. Memory"
+NIGHTLY_DAG = REPO / "dags" / "glm_nightly_summary.py"
 GOAL_MB = 150.0
 FLAT_BYTES_PER_ROW = 100
 """"Nearly flat": the operator's own memory may grow by at most this much per extra input row."""
@@ -251,36 +253,21 @@ def seed_reviews(db: Path, n: int) -> None:
 
 
 def source_sql_run(p: dict[str, Any]) -> dict[str, Any]:
-    """Worker: one night of the nightly-summary job over ``p["db"]``'s reviews; peak RSS in MiB."""
-    from typing import Literal
+    """Worker: one night of the nightly-summary job over ``p["db"]``'s reviews; peak RSS in MiB.
 
-    from pydantic import BaseModel, Field
+    The operator is the one ``dags/glm_nightly_summary.py`` declares (its warehouse pointed at ``p["db"]``),
+    at this section's ``max_concurrency``."""
+    import runpy
 
     os.environ["AIRFLOW_CONN_GLM_DEFAULT"] = conn_json(p["base_url"])
+    os.environ["GLM_WAREHOUSE_URL"] = f"sqlite:///{p['db']}"
+    sys.path.insert(0, str(NIGHTLY_DAG.parent))  # the DAG file imports example_warehouse from its folder
     import airflow.sdk  # noqa: F401
 
-    from airflow_provider_glm.operators.chat import GLMChatOperator
     from benchmarks.throughput import FakeTaskInstance
 
-    class ReviewSummary(BaseModel):
-        sentiment: Literal["positive", "mixed", "negative"]
-        summary: str = Field(description="One neutral sentence.")
-
-    op = GLMChatOperator(
-        task_id="summarize_reviews",
-        source_sql="SELECT id, product, body FROM reviews ORDER BY id",
-        row_key="id",
-        system_prompt="You summarize product reviews for a weekly report.",
-        prompt="Product: {{ row.product }}\nReview: {{ row.body }}",
-        request_params={"max_tokens": 200},
-        output_schema=ReviewSummary,
-        output_columns=True,
-        sqlalchemy_url=f"sqlite:///{p['db']}",
-        results_table="review_summaries",
-        latest_table="review_summaries_latest",
-        max_concurrency=CONCURRENCY,
-        max_xcom_rows=50,
-    )
+    op = runpy.run_path(str(NIGHTLY_DAG))["glm_nightly_summary"]().get_task("summarize_reviews")
+    op.max_concurrency = CONCURRENCY
     ti = FakeTaskInstance(dag_id="glm_nightly_summary", task_id="summarize_reviews")
     gc.collect()
     rss0 = _rss_mb()

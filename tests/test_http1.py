@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import gzip
-import shutil
 import socket
 import ssl
-import subprocess
 import zlib
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -20,6 +18,7 @@ from typing import Any
 
 import httpx
 import pytest
+from _tls import localhost_certificate, needs_openssl
 
 from airflow_provider_glm import http1
 from airflow_provider_glm.client_core import ClientCore, tls_context
@@ -102,6 +101,20 @@ def fixed(data: bytes) -> Script:
     return script
 
 
+def connections_for_two_posts(raw: bytes) -> int:
+    """Two requests in turn to a server answering ``raw``: how many connections they took."""
+
+    async def main() -> int:
+        async with Scripted(fixed(raw)) as server:
+            pool = pool_for(server)
+            await post(pool)
+            await post(pool)
+            await pool.aclose()
+            return server.connections
+
+    return int(run(main()))
+
+
 # --- what is sent ---------------------------------------------------------------------------------------
 
 
@@ -122,9 +135,10 @@ def test_request_head_and_body() -> None:
     assert body == b'{"model":"glm"}'
 
 
-def test_host_header_omits_the_default_port() -> None:
-    pool = HTTP1Pool("https://open.bigmodel.cn/api/paas/v4", tls_context(), 1, {})
-    assert pool._head_end == "Host: open.bigmodel.cn\r\n"
+def test_host_header_omits_the_default_port_and_given_framing_headers_are_dropped() -> None:
+    pool = HTTP1Pool("https://open.bigmodel.cn/api/paas/v4", tls_context(), 1,
+                     {"authorization": "Bearer other", "Content-Length": "9", "X-Tenant": "a"})
+    assert pool._head_end == "Host: open.bigmodel.cn\r\nX-Tenant: a\r\n", "the pool writes its own framing headers"
     assert pool.url("chat/completions") == "https://open.bigmodel.cn/api/paas/v4/chat/completions"
 
 
@@ -307,15 +321,8 @@ def test_answer_over_the_limit_stops_reading() -> None:
 
 
 def test_extra_bytes_after_an_answer_retire_the_connection() -> None:
-    async def main() -> int:
-        async with Scripted(fixed(answer(b"{}") + b"HTTP/1.1 200 OK\r\n")) as server:
-            pool = pool_for(server)
-            await post(pool)
-            await post(pool)
-            await pool.aclose()
-            return server.connections
-
-    assert run(main()) == 2
+    assert connections_for_two_posts(answer(b"{}") + b"HTTP/1.1 200 OK\r\n") == 2
+    assert connections_for_two_posts(answer(b"{}")) == 1, "a clean answer keeps its connection"
 
 
 def test_idle_connection_closed_by_server_is_not_reused() -> None:
@@ -416,24 +423,12 @@ def test_closed_pool_refuses_before_sending() -> None:
 
 def test_idle_connection_past_keepalive_expiry_is_replaced(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(http1, "KEEPALIVE_EXPIRY", 0.0)
-
-    async def main() -> int:
-        async with Scripted(fixed(answer(b"{}"))) as server:
-            pool = pool_for(server)
-            await post(pool)
-            await post(pool)
-            await pool.aclose()
-            return server.connections
-
-    assert run(main()) == 2
+    assert connections_for_two_posts(answer(b"{}")) == 2
 
 
-@pytest.mark.skipif(shutil.which("openssl") is None, reason="the openssl command makes the test certificate")
+@needs_openssl
 def test_tls_with_server_name_and_refused_certificate(tmp_path: Path) -> None:
-    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
-                    str(cert), "-days", "1", "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost"],
-                   check=True, capture_output=True)
+    key, cert = localhost_certificate(tmp_path)
     server_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     server_context.load_cert_chain(cert, key)
 

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import shutil
 import ssl
-import subprocess
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import httpx
 import pytest
+from _tls import localhost_certificate, needs_openssl
 
 from airflow_provider_glm.transport import async_transport
 
@@ -115,12 +114,9 @@ def test_read_timeout() -> None:
     run(scenario())
 
 
-@pytest.mark.skipif(shutil.which("openssl") is None, reason="the openssl command makes the test certificate")
+@needs_openssl
 def test_tls_with_server_name(tmp_path: Path) -> None:
-    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
-                    str(cert), "-days", "1", "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost"],
-                   check=True, capture_output=True)
+    key, cert = localhost_certificate(tmp_path)
     server_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     server_context.load_cert_chain(cert, key)
     client_context = ssl.create_default_context(cafile=str(cert))
