@@ -3,7 +3,7 @@
 Every failure of a GLM call raises a :class:`GLMError` subclass with ``status_code`` (HTTP status,
 ``None`` when no response came), ``code`` (the business code as a string, ``None`` when absent),
 ``message`` and ``request_id``. Which class a code maps to, and whether it is retried, lives in
-:mod:`airflow_provider_glm.error_codes`.
+:mod:`airflow_provider_glm.client._error_codes`.
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from airflow_provider_glm.auth import redact
-from airflow_provider_glm.error_codes import rule_for_code, rule_for_status
+from airflow_provider_glm.client._auth import redact
+from airflow_provider_glm.client._error_codes import rule_for_code, rule_for_status
 
 __all__ = [
     "GLMAuthenticationError",
@@ -74,7 +74,7 @@ class GLMError(Exception):
         self.request_sent = True
         """``False`` when the request never left (connection refused): nothing can have been billed."""
         self.call_info: Any = None
-        """How the failed call went (:class:`~airflow_provider_glm.client_core.CallInfo`), set by the client:
+        """How the failed call went (:class:`~airflow_provider_glm.client._core.CallInfo`), set by the client:
         its attempts, and how many of them may have been billed."""
 
     @property

@@ -38,7 +38,7 @@ CHECKS = (
     "sqlalchemy",
     "pydantic",
     "airflow_provider_glm.client",
-    "airflow_provider_glm.models",
+    "airflow_provider_glm.client.models",
     "airflow_provider_glm.sinks.sql",
     "airflow_provider_glm.hooks.glm",
     "openai",
@@ -181,7 +181,7 @@ def run(ctx: Context) -> str:
         state = ours[-1]["state"]
         lazy = [
             "airflow_provider_glm.client",
-            "airflow_provider_glm.models",
+            "airflow_provider_glm.client.models",
             "airflow_provider_glm.sinks.sql",
             "airflow_provider_glm.hooks.glm",
         ]

@@ -27,7 +27,7 @@ def sink_write(p: dict[str, Any]) -> dict[str, Any]:
     """Worker: write ``p["rows"]`` results + ledger entries in batches; return the timing."""
     import sqlalchemy as sa
 
-    from airflow_provider_glm.records import ResultRecord, RunScope, UsageRecord
+    from airflow_provider_glm.rows._records import ResultRecord, RunScope, UsageRecord
     from airflow_provider_glm.sinks.sql import SQLSink
 
     url = p["url"]

@@ -92,8 +92,8 @@ def _measure(url: Any, p: dict[str, Any]) -> dict[str, Any]:
     import sqlalchemy as sa
     from fastapi.testclient import TestClient
 
-    from airflow_provider_glm.plugins.app import SpendConfig, create_app
-    from airflow_provider_glm.plugins.spend_queries import SpendQueries
+    from airflow_provider_glm.plugins._app import SpendConfig, create_app
+    from airflow_provider_glm.plugins._spend_queries import SpendQueries
 
     n = p["rows"]
     engine = sa.create_engine(url, poolclass=sa.pool.NullPool)

@@ -112,8 +112,8 @@ def _watch_phases() -> dict[str, list[float]]:
     """Timestamps of the operator's calls and how long each worker waited for its results' commit.
 
     Wraps ``HTTP1Pool.post`` and ``RecordWriter.flush`` (a measurement run of its own, like the profile)."""
-    from airflow_provider_glm.http_pool import HTTP1Pool
-    from airflow_provider_glm.writer import RecordWriter
+    from airflow_provider_glm.client._http_pool import HTTP1Pool
+    from airflow_provider_glm.rows._writer import RecordWriter
 
     seen: dict[str, list[float]] = {"sends": [], "answers": [], "calls": [], "waits": []}
     post, flush = HTTP1Pool.post, RecordWriter.flush

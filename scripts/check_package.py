@@ -82,7 +82,7 @@ def smoke_installed(python: Path, work: Path) -> None:
         "import runpy, sys, pathlib\n"
         "import airflow_provider_glm as p\n"
         "assert 'site-packages' in p.__file__, p.__file__\n"
-        "from airflow_provider_glm.pricing import PriceTable\n"
+        "from airflow_provider_glm.rows._pricing import PriceTable\n"
         "assert len(PriceTable.default()) > 10\n"
         "root = pathlib.Path(p.__file__).parent / 'plugins'\n"
         "assert any(root.glob('templates/*.html')), 'spend page templates missing'\n"

@@ -3,11 +3,11 @@
 Two blocks are generated, each between its markers:
 
 * ``<!-- codes:start -->`` ... ``<!-- codes:end -->``: the business-code table
-  (:data:`airflow_provider_glm.error_codes.CODE_TABLE`) and the HTTP-status rules used when a body
-  carries no known code (:func:`~airflow_provider_glm.error_codes.rule_for_status`), each with what
-  ``GLMChatOperator`` does with the resulting error (:data:`airflow_provider_glm.outcomes.FATAL_ERRORS`).
+  (:data:`airflow_provider_glm.client._error_codes.CODE_TABLE`) and the HTTP-status rules used when a body
+  carries no known code (:func:`~airflow_provider_glm.client._error_codes.rule_for_status`), each with what
+  ``GLMChatOperator`` does with the resulting error (:data:`airflow_provider_glm.rows._outcomes.FATAL_ERRORS`).
 * ``<!-- retry:start -->`` ... ``<!-- retry:end -->``: the defaults of
-  :class:`~airflow_provider_glm.retry.RetryPolicy`.
+  :class:`~airflow_provider_glm.client.retry.RetryPolicy`.
 
 Usage::
 
@@ -21,9 +21,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from airflow_provider_glm import error_codes, exceptions
-from airflow_provider_glm.error_codes import CODE_TABLE, RETRYABLE_STATUS, CodeRule, rule_for_status
-from airflow_provider_glm.retry import RetryPolicy
+from airflow_provider_glm import exceptions
+from airflow_provider_glm.client import _error_codes as error_codes
+from airflow_provider_glm.client._error_codes import CODE_TABLE, RETRYABLE_STATUS, CodeRule, rule_for_status
+from airflow_provider_glm.client.retry import RetryPolicy
 
 __all__ = ["DOC_PATH", "check", "render", "render_codes", "render_retry", "update"]
 
@@ -33,7 +34,7 @@ BLOCKS = ("codes", "retry")
 
 def _operator_action(class_name: str) -> str:
     """What ``GLMChatOperator`` does with a row whose call ended in this error class."""
-    from airflow_provider_glm.outcomes import FATAL_ERRORS
+    from airflow_provider_glm.rows._outcomes import FATAL_ERRORS
 
     cls = getattr(exceptions, class_name)
     if issubclass(cls, FATAL_ERRORS):

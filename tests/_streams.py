@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from airflow_provider_glm.models import ChatCompletion, ChatCompletionChunk
-from airflow_provider_glm.streaming import StreamAssembler
+from airflow_provider_glm.client._streaming import StreamAssembler
+from airflow_provider_glm.client.models import ChatCompletion, ChatCompletionChunk
 
 
 def assemble(chunks: Iterable[ChatCompletionChunk], request_id: str | None = None) -> ChatCompletion:

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from airflow_provider_glm.auth import APIKey, Credentials, make_jwt
 from airflow_provider_glm.client import AsyncGLMClient, GLMClient
+from airflow_provider_glm.client._auth import APIKey, Credentials, make_jwt
 from airflow_provider_glm.constants import JWT_CACHE_SECONDS, JWT_TTL_SECONDS
 from airflow_provider_glm.exceptions import GLMAuthenticationError
 from airflow_provider_glm.testing import Fault, GLMTestServer

@@ -12,10 +12,10 @@ import httpx
 import pytest
 
 from airflow_provider_glm.client import AsyncGLMClient, CallInfo, GLMClient
+from airflow_provider_glm.client.models import ChatCompletion
+from airflow_provider_glm.client.retry import RetryPolicy
 from airflow_provider_glm.constants import DEFAULT_BASE_URL, ZAI_BASE_URL
 from airflow_provider_glm.exceptions import GLMInvalidResponseError, GLMServerError, GLMTimeoutError
-from airflow_provider_glm.models import ChatCompletion
-from airflow_provider_glm.retry import RetryPolicy
 from airflow_provider_glm.testing import Fault, GLMTestServer
 
 MESSAGES = [{"role": "user", "content": "hello"}]

@@ -52,7 +52,7 @@ def test_generator_check_flag_detects_drift(tmp_path: Path) -> None:
 
 
 def test_generator_lists_every_code_rule() -> None:
-    from airflow_provider_glm.error_codes import CODE_TABLE
+    from airflow_provider_glm.client._error_codes import CODE_TABLE
 
     rendered = _load_generator().render_codes()
     for rule in CODE_TABLE:
@@ -75,7 +75,7 @@ def test_readme_doc_link_resolves(target: str) -> None:
 
 
 def test_connections_md_names_every_extra() -> None:
-    from airflow_provider_glm import connection as glm
+    from airflow_provider_glm.hooks import _connection as glm
 
     text = (REPO / "docs" / "connections.md").read_text(encoding="utf-8")
     for name in sorted(glm._KNOWN_EXTRAS | set(glm._KEY_EXTRAS)):

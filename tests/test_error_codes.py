@@ -12,7 +12,7 @@ import pickle
 import pytest
 
 from airflow_provider_glm import exceptions as exc_mod
-from airflow_provider_glm.error_codes import CODE_TABLE, RETRYABLE_STATUS, rule_for_code, rule_for_status
+from airflow_provider_glm.client._error_codes import CODE_TABLE, RETRYABLE_STATUS, rule_for_code, rule_for_status
 from airflow_provider_glm.exceptions import (
     GLMAuthenticationError,
     GLMBadRequestError,

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from airflow_provider_glm.event_loop import run_in_task
+from airflow_provider_glm._event_loop import run_in_task
 
 
 class Alarm(Exception):

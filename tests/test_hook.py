@@ -11,11 +11,11 @@ from typing import Any
 import pytest
 from airflow.sdk import Connection
 
+from airflow_provider_glm.client.retry import RetryPolicy
 from airflow_provider_glm.constants import DEFAULT_BASE_URL, DEFAULT_MODEL
 from airflow_provider_glm.exceptions import GLMServerError
-from airflow_provider_glm.connection import ConnectionSettings, base_url_of
+from airflow_provider_glm.hooks._connection import ConnectionSettings, base_url_of
 from airflow_provider_glm.hooks.glm import GLMHook
-from airflow_provider_glm.retry import RetryPolicy
 from airflow_provider_glm.testing import Fault, GLMTestServer
 
 CONN_ID = "glm_test"

@@ -20,10 +20,10 @@ import httpx
 import pytest
 from _tls import localhost_certificate, needs_openssl
 
-from airflow_provider_glm import http1
-from airflow_provider_glm.client_core import ClientCore, tls_context
-from airflow_provider_glm.http1 import MAX_HEAD_BYTES, AnswerTooLarge
-from airflow_provider_glm.http_pool import HTTP1Pool
+from airflow_provider_glm.client import _http1 as http1
+from airflow_provider_glm.client._core import ClientCore, tls_context
+from airflow_provider_glm.client._http1 import MAX_HEAD_BYTES, AnswerTooLarge
+from airflow_provider_glm.client._http_pool import HTTP1Pool
 
 Script = Callable[[int, bytes, asyncio.StreamWriter], Awaitable[None]]
 """(request number on this server, request bytes, writer) -> writes the answer (or not)."""

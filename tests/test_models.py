@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from airflow_provider_glm.client import AsyncGLMClient, GLMClient
+from airflow_provider_glm.client.models import ChatCompletion, ChatCompletionChunk, FunctionCall, build_chat_request
 from airflow_provider_glm.exceptions import GLMRateLimitError, error_from_response
-from airflow_provider_glm.models import ChatCompletion, ChatCompletionChunk, FunctionCall, build_chat_request
 from airflow_provider_glm.testing import GLMTestServer
 
 # The response example of the seed reference (/work/shared/seed/000_63e7fd6e0c7b53cd.txt), verbatim.

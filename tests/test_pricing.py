@@ -8,7 +8,7 @@ from importlib.resources import files
 
 import pytest
 
-from airflow_provider_glm.pricing import BATCH_DISCOUNT, Price, PriceTable, compute_cost
+from airflow_provider_glm.rows._pricing import BATCH_DISCOUNT, Price, PriceTable, compute_cost
 
 ZAI_USD = {
     "glm-4.5": ("0.60", "0.11", "2.20"),
@@ -44,7 +44,7 @@ BIGMODEL_CNY = {
 
 
 def test_packaged_json_is_dated_and_uses_decimal_strings() -> None:
-    document = json.loads(files("airflow_provider_glm").joinpath("prices.json").read_text("utf-8"))
+    document = json.loads(files("airflow_provider_glm.rows").joinpath("prices.json").read_text("utf-8"))
     assert document["as_of"] == "2026-11-30"
     assert document["source"]
     assert document["output_limits"]["default"] == 131_072

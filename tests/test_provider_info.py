@@ -17,7 +17,7 @@ import pytest
 
 import airflow_provider_glm
 from airflow_provider_glm import get_provider_info
-from airflow_provider_glm.connection import _KNOWN_EXTRAS
+from airflow_provider_glm.hooks._connection import _KNOWN_EXTRAS
 from airflow_provider_glm.hooks.glm import GLMHook
 
 INFO = get_provider_info()
@@ -128,7 +128,7 @@ NUMBERS = [name for name, field in FIELDS.items() if {"number", "integer"} & set
 def _accepted_by_hook(name: str, value: Any) -> bool:
     from airflow.models.connection import Connection
 
-    from airflow_provider_glm.connection import ConnectionSettings
+    from airflow_provider_glm.hooks._connection import ConnectionSettings
 
     conn = Connection(conn_id="glm_form", conn_type="glm", password="test-key-123456", extra={name: value})
     try:
@@ -160,7 +160,7 @@ def test_every_field_is_nullable_and_the_default_extra_json_is_harmless() -> Non
     from airflow.models.connection import Connection
 
     from airflow_provider_glm import constants
-    from airflow_provider_glm.connection import ConnectionSettings
+    from airflow_provider_glm.hooks._connection import ConnectionSettings
 
     assert all("null" in field["schema"]["type"] for field in FIELDS.values())
     initial = {name: field["schema"].get("default") for name, field in FIELDS.items()}

@@ -17,6 +17,8 @@ import httpx
 import pytest
 
 from airflow_provider_glm.client import AsyncGLMClient, GLMClient
+from airflow_provider_glm.client.models import ChatCompletion
+from airflow_provider_glm.client.retry import RetryPolicy, parse_retry_after
 from airflow_provider_glm.exceptions import (
     GLMAuthenticationError,
     GLMBadRequestError,
@@ -30,8 +32,6 @@ from airflow_provider_glm.exceptions import (
     GLMServerError,
     GLMTimeoutError,
 )
-from airflow_provider_glm.models import ChatCompletion
-from airflow_provider_glm.retry import RetryPolicy, parse_retry_after
 from airflow_provider_glm.testing import Fault, GLMTestServer
 
 MESSAGES = [{"role": "user", "content": "hello"}]

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from decimal import Decimal
 
-from airflow_provider_glm.records import RunScope, UsageRecord
-from airflow_provider_glm.run_state import Spend
+from airflow_provider_glm.rows._records import RunScope, UsageRecord
+from airflow_provider_glm.rows._state import Spend
 
 SCOPE = RunScope(dag_id="d", task_id="t", run_id="r", map_index=-1)
 

@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 from _streams import assemble
 
-from airflow_provider_glm.auth import APIKey, Credentials
 from airflow_provider_glm.client import AsyncGLMClient, GLMClient
+from airflow_provider_glm.client._auth import APIKey, Credentials
 from airflow_provider_glm.exceptions import (
     GLMAuthenticationError,
     GLMConnectionError,
@@ -77,7 +77,7 @@ def assert_clean(text: str, secret: Secret) -> None:
 def assert_logs_clean(logs: pytest.LogCaptureFixture, secret: Secret) -> None:
     assert logs.records, "nothing was logged: the check would prove nothing"
     # the request went through httpcore (files, batches, async) or the chat calls' own pool, and was logged
-    assert any(r.name.startswith(("httpcore", "airflow_provider_glm.http_pool")) for r in logs.records)
+    assert any(r.name.startswith(("httpcore", "airflow_provider_glm.client._http_pool")) for r in logs.records)
     for record in logs.records:
         assert_clean(record.getMessage(), secret)
         assert_clean(repr(record.args), secret)

@@ -12,6 +12,9 @@ import pytest
 from _streams import assemble
 
 from airflow_provider_glm.client import AsyncGLMClient, GLMClient
+from airflow_provider_glm.client._streaming import DONE, SSEDecoder, StreamAssembler
+from airflow_provider_glm.client.models import ChatCompletion, ChatCompletionChunk
+from airflow_provider_glm.client.retry import RetryPolicy
 from airflow_provider_glm.exceptions import (
     GLMAuthenticationError,
     GLMConnectionError,
@@ -23,9 +26,6 @@ from airflow_provider_glm.exceptions import (
     GLMServerError,
     GLMTimeoutError,
 )
-from airflow_provider_glm.models import ChatCompletion, ChatCompletionChunk
-from airflow_provider_glm.retry import RetryPolicy
-from airflow_provider_glm.streaming import DONE, SSEDecoder, StreamAssembler
 from airflow_provider_glm.testing import Fault, GLMTestServer
 
 MESSAGES = [{"role": "user", "content": "hello streaming world"}]

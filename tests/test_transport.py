@@ -11,7 +11,7 @@ import httpx
 import pytest
 from _tls import localhost_certificate, needs_openssl
 
-from airflow_provider_glm.transport import async_transport
+from airflow_provider_glm.client._transport import async_transport
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 

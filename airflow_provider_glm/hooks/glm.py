@@ -24,13 +24,13 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from airflow.sdk import BaseHook
 
-from airflow_provider_glm import batch_api as calls
-from airflow_provider_glm.connection import ConnectionSettings
+from airflow_provider_glm.client import _calls as calls
+from airflow_provider_glm.hooks._connection import ConnectionSettings
 
 if TYPE_CHECKING:
-    from airflow_provider_glm.batch_api import Batch, BatchList, Call, FileObject
-    from airflow_provider_glm.client import AsyncGLMClient, GLMClient
-    from airflow_provider_glm.models import ChatCompletion, ChatCompletionChunk
+    from airflow_provider_glm.client._calls import Batch, BatchList, Call, FileObject
+    from airflow_provider_glm.client._client import AsyncGLMClient, GLMClient
+    from airflow_provider_glm.client.models import ChatCompletion, ChatCompletionChunk
 
 __all__ = ["GLMHook"]
 
@@ -88,7 +88,7 @@ class GLMHook(BaseHook):
     @cached_property
     def client(self) -> GLMClient:
         """The blocking client, built once on first use (an async client run on a private loop thread)."""
-        from airflow_provider_glm.client import GLMClient
+        from airflow_provider_glm.client._client import GLMClient
 
         return GLMClient(self.settings.api_key, **self._options())
 
@@ -112,7 +112,7 @@ class GLMHook(BaseHook):
 
     def get_async_client(self, **overrides: Any) -> AsyncGLMClient:
         """A new async client; the caller owns it and closes it (``async with``)."""
-        from airflow_provider_glm.client import AsyncGLMClient
+        from airflow_provider_glm.client._client import AsyncGLMClient
 
         return AsyncGLMClient(self.settings.api_key, **{**self._options(), **overrides})
 
@@ -193,7 +193,7 @@ class GLMHook(BaseHook):
 
     def test_connection(self) -> tuple[bool, str]:
         """Make one ``max_tokens=1`` call on the connection's model and say what it cost."""
-        from airflow_provider_glm.client import GLMClient
+        from airflow_provider_glm.client._client import GLMClient
 
         try:
             model = self.settings.model

@@ -1,6 +1,6 @@
 """What every GLM operator shares: parameters, the run's outcome, XCom and the runs table.
 
-:class:`GLMBaseOperator` holds the parameters; :func:`~airflow_provider_glm.run_plan.build_plan`
+:class:`GLMBaseOperator` holds the parameters; :func:`~airflow_provider_glm.rows._plan.build_plan`
 validates them into a run before any API call; :meth:`GLMBaseOperator.finish` turns the run's state
 into the task's outcome: a return value sized for XCom, or a clear failure raised only after
 everything that succeeded is written. The online chat and the batch operators differ only in how
@@ -20,8 +20,8 @@ if TYPE_CHECKING:
     from airflow.sdk import Context
 
     from airflow_provider_glm.hooks.glm import GLMHook
-    from airflow_provider_glm.run_plan import RunPlan
-    from airflow_provider_glm.run_state import RunState
+    from airflow_provider_glm.rows._plan import RunPlan
+    from airflow_provider_glm.rows._state import RunState
 
 __all__ = ["GLMBaseOperator"]
 
@@ -146,10 +146,10 @@ class GLMBaseOperator(BaseOperator):
         return GLMHook(glm_conn_id=self.glm_conn_id)
 
     def plan(self, context: Context, *, api: str, price_required: bool = False, discount: Any = None) -> RunPlan:
-        """Validate everything and set up the run (see :func:`~airflow_provider_glm.run_plan.build_plan`)."""
+        """Validate everything and set up the run (see :func:`~airflow_provider_glm.rows._plan.build_plan`)."""
         from decimal import Decimal
 
-        from airflow_provider_glm.run_plan import build_plan
+        from airflow_provider_glm.rows._plan import build_plan
 
         return build_plan(self, context, api=api, price_required=price_required,
                           discount=Decimal(1) if discount is None else discount)
@@ -182,7 +182,7 @@ class GLMBaseOperator(BaseOperator):
     def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
         """OpenLineage: the tables ``source_sql`` read, the tables written, and a ``glm`` run facet (rows,
         tokens, cost). Called by ``apache-airflow-providers-openlineage`` when it is installed."""
-        from airflow_provider_glm.lineage import operator_lineage
+        from airflow_provider_glm.operators._lineage import operator_lineage
 
         return operator_lineage(getattr(self, "_lineage", None))
 
@@ -190,7 +190,7 @@ class GLMBaseOperator(BaseOperator):
                     outcome: str) -> None:
         if run.sink is None:
             return
-        from airflow_provider_glm.records import utcnow
+        from airflow_provider_glm.rows._records import utcnow
 
         row = {**summary, **(budgets or {}), "operator": type(self).__name__, "api": api, "model": run.model,
                "state": outcome, "started_at": run.started_at, "ended_at": utcnow()}
@@ -202,7 +202,7 @@ class GLMBaseOperator(BaseOperator):
             self.log.warning("Could not write this try's summary to %s: %s", self.runs_table, exc)
 
     def _single_result(self, run: RunPlan) -> Any:
-        from airflow_provider_glm.compat import AirflowFailException
+        from airflow_provider_glm._compat import AirflowFailException
 
         state = run.state
         if state.fatal is not None:
@@ -214,7 +214,7 @@ class GLMBaseOperator(BaseOperator):
         return state.value(run.single.key)
 
     def _row_result(self, context: Context, run: RunPlan, summary: dict[str, Any]) -> Any:
-        from airflow_provider_glm.compat import AirflowFailException
+        from airflow_provider_glm._compat import AirflowFailException
         from airflow_provider_glm.exceptions import GLMRowsFailedError
 
         state = run.state
@@ -243,7 +243,7 @@ class GLMBaseOperator(BaseOperator):
     def _raise_if_stopped(state: RunState) -> None:
         """Fail for a budget (no retry: the budget counts every try), a timeout, an unreachable endpoint or a
         bad input row."""
-        from airflow_provider_glm.compat import AirflowFailException, AirflowTaskTimeout
+        from airflow_provider_glm._compat import AirflowFailException, AirflowTaskTimeout
         from airflow_provider_glm.exceptions import GLMBudgetExceededError, GLMEndpointUnreachableError
 
         if state.stopped is None:
@@ -271,8 +271,8 @@ class GLMBaseOperator(BaseOperator):
 
 def _lineage_info(run: RunPlan, summary: dict[str, Any]) -> Any:
     """What OpenLineage will be told about this run (cheap: no parsing until it asks)."""
-    from airflow_provider_glm.lineage import LineageInfo, dataset_namespace, table_name
-    from airflow_provider_glm.row_sources import QueryRows
+    from airflow_provider_glm.operators._lineage import LineageInfo, dataset_namespace, table_name
+    from airflow_provider_glm.rows._sources import QueryRows
 
     info = LineageInfo(summary=summary)
     if run.sink is not None:

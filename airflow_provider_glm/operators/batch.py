@@ -34,14 +34,14 @@ import time
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_glm.compat import conf
-from airflow_provider_glm.event_loop import run_in_task
+from airflow_provider_glm._compat import conf
+from airflow_provider_glm._event_loop import run_in_task
 from airflow_provider_glm.operators.base import GLMBaseOperator
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
-    from airflow_provider_glm.run_plan import RunPlan
+    from airflow_provider_glm.rows._plan import RunPlan
 
 __all__ = ["GLMBatchOperator"]
 
@@ -108,7 +108,7 @@ class GLMBatchOperator(GLMBaseOperator):
 
     def execute_complete(self, context: Context, event: Any) -> Any:
         """Resume after the trigger: write every batch's results and finish like the chat operator."""
-        from airflow_provider_glm.compat import AirflowFailException
+        from airflow_provider_glm._compat import AirflowFailException
 
         if not isinstance(event, dict) or event.get("status") not in EVENT_STATUSES:
             raise RuntimeError(f"the GLM batch trigger sent an unexpected event: {event!r}")
@@ -135,7 +135,7 @@ class GLMBatchOperator(GLMBaseOperator):
     # --- phases ------------------------------------------------------------------------------------------
 
     def _plan(self, context: Context) -> RunPlan:
-        from airflow_provider_glm.pricing import BATCH_DISCOUNT
+        from airflow_provider_glm.rows._pricing import BATCH_DISCOUNT
 
         return self.plan(context, api="batch", price_required=self.max_cost is not None, discount=BATCH_DISCOUNT)
 
@@ -145,7 +145,7 @@ class GLMBatchOperator(GLMBaseOperator):
         Answers of earlier tries' finished batches are recorded first; rows a running batch holds are not
         submitted again; the rest (never submitted, or failed in a finished batch) go in a new batch.
         """
-        from airflow_provider_glm.batch_jobs import BatchJobs
+        from airflow_provider_glm.rows._batch_jobs import BatchJobs
 
         async with run.hook.get_async_client() as client:
             jobs = BatchJobs(self, context, run, client)
@@ -207,7 +207,7 @@ class GLMBatchOperator(GLMBaseOperator):
 
     def _collect(self, context: Context, *, reason: str | None) -> Any:
         """Write every result of this task instance's batches and finish (a fresh plan: may run after deferral)."""
-        from airflow_provider_glm.batch_jobs import BatchJobs
+        from airflow_provider_glm.rows._batch_jobs import BatchJobs
 
         run = self._plan(context)
 

@@ -24,14 +24,14 @@ import time
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_glm.event_loop import run_in_task
+from airflow_provider_glm._event_loop import run_in_task
 from airflow_provider_glm.operators.base import GLMBaseOperator
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
-    from airflow_provider_glm.outcomes import Outcome
-    from airflow_provider_glm.run_plan import RunPlan
+    from airflow_provider_glm.rows._outcomes import Outcome
+    from airflow_provider_glm.rows._plan import RunPlan
 
 __all__ = ["GLMChatOperator"]
 
@@ -113,8 +113,8 @@ class GLMChatOperator(GLMBaseOperator):
         return started + timeout - min(5.0, 0.1 * timeout)
 
     async def _run_rows(self, run: RunPlan, started: float) -> None:
-        from airflow_provider_glm.concurrency import AdaptiveLimit, CircuitBreaker
-        from airflow_provider_glm.runner import RowRunner, RunLimits
+        from airflow_provider_glm.rows._concurrency import AdaptiveLimit, CircuitBreaker
+        from airflow_provider_glm.rows._runner import RowRunner, RunLimits
 
         assert run.source is not None
         limits = RunLimits(api=self.api, async_poll_interval=self.async_poll_interval,
@@ -142,9 +142,9 @@ class GLMChatOperator(GLMBaseOperator):
 
     async def _run_single(self, run: RunPlan, started: float) -> None:
         """One request, straight through the client: resumed from an earlier try when it already succeeded."""
-        from airflow_provider_glm import outcomes
         from airflow_provider_glm.exceptions import GLMError
-        from airflow_provider_glm.runner import warn_if_truncated
+        from airflow_provider_glm.rows import _outcomes as outcomes
+        from airflow_provider_glm.rows._runner import warn_if_truncated
 
         request = run.single
         assert request is not None
@@ -155,7 +155,7 @@ class GLMChatOperator(GLMBaseOperator):
             outcome = outcomes.resumed(run.rules, request.key, stored)
             run.extras["stored"] = stored
         elif request.unsendable:
-            from airflow_provider_glm.row_sources import InputError
+            from airflow_provider_glm.rows._sources import InputError
 
             outcome = outcomes.not_answered(run.rules, request.key, InputError(request.unsendable))
         elif budget := run.state.budget_exceeded(self.max_total_tokens, self.max_cost):

@@ -2,8 +2,8 @@
 
 :mod:`~airflow_provider_glm.plugins.spend` is the plugin class Airflow loads through the
 ``airflow.plugins`` entry point; it imports nothing heavy. The FastAPI app
-(:mod:`~airflow_provider_glm.plugins.app`), the SQL aggregations
-(:mod:`~airflow_provider_glm.plugins.spend_queries`) and the SVG chart
-(:mod:`~airflow_provider_glm.plugins.svg_chart`) are imported only by the API server, when it
+(:mod:`~airflow_provider_glm.plugins._app`), the SQL aggregations
+(:mod:`~airflow_provider_glm.plugins._spend_queries`) and the SVG chart
+(:mod:`~airflow_provider_glm.plugins._svg_chart`) are imported only by the API server, when it
 mounts the app.
 """

@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Any
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 if TYPE_CHECKING:
-    from airflow_provider_glm.batch_api import Batch
-    from airflow_provider_glm.client import AsyncGLMClient
+    from airflow_provider_glm.client._calls import Batch
+    from airflow_provider_glm.client._client import AsyncGLMClient
 
 __all__ = ["GLMBatchTrigger", "wait_for_batches"]
 
@@ -39,7 +39,7 @@ async def wait_for_batches(client: AsyncGLMClient, batch_ids: Sequence[str], pol
         and :class:`BatchesTimedOut` is raised.
     :param result: receives the last state of every batch.
     """
-    from airflow_provider_glm.batch_api import cancel_batch, retrieve_batch
+    from airflow_provider_glm.client._calls import cancel_batch, retrieve_batch
 
     while True:
         batches = [await client.call(retrieve_batch(batch_id)) for batch_id in batch_ids]
@@ -92,7 +92,7 @@ class GLMBatchTrigger(BaseTrigger):
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         from airflow_provider_glm.hooks.glm import GLMHook
-        from airflow_provider_glm.outcomes import FATAL_ERRORS
+        from airflow_provider_glm.rows._outcomes import FATAL_ERRORS
 
         batches: list[Batch] = []
         try:
@@ -115,7 +115,7 @@ class GLMBatchTrigger(BaseTrigger):
         """A user killed the deferred task: cancel its batches (best effort; Airflow 3.3 calls this)."""
         if not self.cancel_on_kill:
             return
-        from airflow_provider_glm.batch_api import cancel_batch
+        from airflow_provider_glm.client._calls import cancel_batch
         from airflow_provider_glm.exceptions import GLMError
         from airflow_provider_glm.hooks.glm import GLMHook
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from airflow_provider_glm.records import RunScope
+from airflow_provider_glm.rows._records import RunScope
 from airflow_provider_glm.sinks.sql import SQLSink
 
 SCOPE = RunScope("test_dag", "glm", "run-1")
@@ -31,7 +31,7 @@ class Warehouse:
         """This scope's results by row key; with ``output_schema``, the typed output columns too."""
         if output_schema is None:
             return {row["row_key"]: row for row in self.sink.results(SCOPE)}
-        from airflow_provider_glm.sinks.sql_tables import output_column_defs
+        from airflow_provider_glm.sinks.sql._tables import output_column_defs
 
         schema = output_schema.model_json_schema() if hasattr(output_schema, "model_json_schema") else output_schema
         typed = SQLSink(self.sink.engine, self.results_table, self.usage_table, self.runs_table,

@@ -50,7 +50,7 @@ def test_links_to_the_whole_answer_resolve() -> None:
 
 
 def test_the_export_key_order_is_the_documented_one() -> None:
-    from airflow_provider_glm.sinks.objectstorage import FIELDS
+    from airflow_provider_glm.sinks._objectstorage import FIELDS
 
     batch = (REPO / "docs" / "batch.md").read_text(encoding="utf-8")
     listed = batch.split("with these keys in this order:\n\n```\n", 1)[1].split("```", 1)[0]

@@ -10,7 +10,7 @@ import pytest
 import sqlalchemy as sa
 
 from airflow_provider_glm.operators.chat import GLMChatOperator
-from airflow_provider_glm.rendering import MAX_INLINE_MEDIA_BYTES, MAX_MEDIA_URL_LENGTH
+from airflow_provider_glm.rows._rendering import MAX_INLINE_MEDIA_BYTES, MAX_MEDIA_URL_LENGTH
 from airflow_provider_glm.sinks.sql import SQLSink
 
 PNG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAIAAACQd1PeAAAADElEQVR4nGP4z8AAAAMBAQDJ/pLvAAAAAElFTkSuQmCC"

@@ -135,7 +135,7 @@ def test_a_results_table_from_before_gains_the_answer_columns(
     """A results table created without tool_calls, web_search and content_filter gets them on the next run."""
     import sqlalchemy as sa
 
-    from airflow_provider_glm.sinks.sql_tables import results_table_def
+    from airflow_provider_glm.sinks.sql._tables import results_table_def
 
     new = results_table_def(sa.MetaData(), None, warehouse.results_table)
     answer_columns = ("tool_calls", "web_search", "content_filter")

@@ -75,7 +75,7 @@ def test_help_texts_and_auth_choices(browser: Any, server: ApiServer) -> None:
 def test_untouched_form_saves_harmless_extras(browser: Any, server: ApiServer) -> None:
     from airflow.models.connection import Connection
 
-    from airflow_provider_glm.connection import ConnectionSettings
+    from airflow_provider_glm.hooks._connection import ConnectionSettings
 
     page = open_as(browser, server, "admin")
     dialog = _open_add_form(page, server, "glm_form_defaults")

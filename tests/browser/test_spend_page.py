@@ -24,7 +24,7 @@ from _airflow_server import DAG_IDS, HIDDEN_DAG, ApiServer, open_as
 from _databases import server_url
 from _spend_seed import seed, unique_names
 
-from airflow_provider_glm.sinks.sql_tables import usage_table_def
+from airflow_provider_glm.sinks.sql._tables import usage_table_def
 
 pytestmark = pytest.mark.timeout(1800)
 

@@ -29,13 +29,16 @@ from typing import Any
 
 import httpx
 import pytest
+import sqlalchemy as sa
 from _ledger import check_ledger
 from _streams import assemble
-import sqlalchemy as sa
-from airflow_provider_glm.compat import AirflowFailException, TaskDeferred
 
+from airflow_provider_glm._compat import AirflowFailException, TaskDeferred
 from airflow_provider_glm.client import AsyncGLMClient, GLMClient
-from airflow_provider_glm.error_codes import CODE_TABLE
+from airflow_provider_glm.client._error_codes import CODE_TABLE
+from airflow_provider_glm.client._streaming import StreamAssembler
+from airflow_provider_glm.client.models import ChatCompletion
+from airflow_provider_glm.client.retry import RetryPolicy
 from airflow_provider_glm.exceptions import (
     GLMConnectionError,
     GLMContentFilterError,
@@ -48,13 +51,10 @@ from airflow_provider_glm.exceptions import (
     GLMTimeoutError,
 )
 from airflow_provider_glm.hooks.glm import GLMHook
-from airflow_provider_glm.models import ChatCompletion
 from airflow_provider_glm.operators.batch import GLMBatchOperator
 from airflow_provider_glm.operators.chat import GLMChatOperator
-from airflow_provider_glm.retry import RetryPolicy
-from airflow_provider_glm.records import RunScope
+from airflow_provider_glm.rows._records import RunScope
 from airflow_provider_glm.sinks.sql import SQLSink
-from airflow_provider_glm.streaming import StreamAssembler
 from airflow_provider_glm.testing import Fault, GLMTestServer
 
 SCOPE = RunScope("test_dag", "glm", "run-1")

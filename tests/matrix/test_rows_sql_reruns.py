@@ -27,19 +27,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _ledger import check_ledger
-from _waits import wait_until
 import sqlalchemy as sa
 from _databases import BACKENDS, backend_url
-from airflow_provider_glm.compat import AirflowTaskTimeout
+from _ledger import check_ledger
+from _waits import wait_until
 
-from airflow_provider_glm.writer import RecordWriter
+from airflow_provider_glm._compat import AirflowTaskTimeout
 from airflow_provider_glm.client import AsyncGLMClient
+from airflow_provider_glm.client.retry import RetryPolicy
 from airflow_provider_glm.exceptions import GLMRowsFailedError
 from airflow_provider_glm.hooks.glm import GLMHook
 from airflow_provider_glm.operators.chat import GLMChatOperator
-from airflow_provider_glm.retry import RetryPolicy
-from airflow_provider_glm.records import RunScope
+from airflow_provider_glm.rows._records import RunScope
+from airflow_provider_glm.rows._writer import RecordWriter
 from airflow_provider_glm.sinks.sql import SQLSink
 from airflow_provider_glm.testing import Fault, GLMTestServer
 

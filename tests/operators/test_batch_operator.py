@@ -8,11 +8,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from airflow_provider_glm.compat import TaskDeferred
 
+from airflow_provider_glm._compat import TaskDeferred
 from airflow_provider_glm.exceptions import GLMRowsFailedError
 from airflow_provider_glm.operators.batch import GLMBatchOperator
-from airflow_provider_glm.records import RunScope
+from airflow_provider_glm.rows._records import RunScope
 from airflow_provider_glm.sinks.sql import SQLSink
 from airflow_provider_glm.testing import BatchOutcome, Fault
 from airflow_provider_glm.triggers.batch import GLMBatchTrigger
@@ -202,7 +202,7 @@ class Crash(Exception):
 
 def crash_on(monkeypatch: pytest.MonkeyPatch, name: str, after: int) -> list[int]:
     """Make ``BatchJobs.<name>`` die on its call number ``after + 1``."""
-    from airflow_provider_glm import batch_jobs
+    from airflow_provider_glm.rows import _batch_jobs as batch_jobs
 
     original = getattr(batch_jobs.BatchJobs, name)
     calls: list[int] = []
@@ -274,7 +274,7 @@ def test_crash_after_completion_before_collection(glm_conn: Any, context: dict[s
 
 
 def test_budget_refuses_a_batch_before_uploading(glm_conn: Any, context: dict[str, Any], url: str) -> None:
-    from airflow_provider_glm.compat import AirflowFailException
+    from airflow_provider_glm._compat import AirflowFailException
 
     op = batch_operator(url, rows=rows(4), request_params={"max_tokens": 50}, max_total_tokens=100)
     with pytest.raises(AirflowFailException, match="max_total_tokens=100"):

@@ -8,12 +8,12 @@ from typing import Any
 
 import pytest
 from _databases import BACKENDS, backend_url
-from airflow_provider_glm.compat import AirflowFailException
 from pydantic import BaseModel
 
+from airflow_provider_glm._compat import AirflowFailException
 from airflow_provider_glm.exceptions import GLMInvalidOutputError, GLMRowsFailedError
 from airflow_provider_glm.operators.chat import GLMChatOperator
-from airflow_provider_glm.records import RunScope
+from airflow_provider_glm.rows._records import RunScope
 from airflow_provider_glm.sinks.sql import SQLSink
 from airflow_provider_glm.testing import Fault
 

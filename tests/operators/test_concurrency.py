@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 from _fakes import FakeTaskInstance, FakeTaskStateStore
 
-from airflow_provider_glm.concurrency import AdaptiveLimit, CircuitBreaker
 from airflow_provider_glm.exceptions import GLMRateLimitError
 from airflow_provider_glm.operators.chat import GLMChatOperator
+from airflow_provider_glm.rows._concurrency import AdaptiveLimit, CircuitBreaker
 from airflow_provider_glm.testing import GLMTestServer
 
 RATE_LIMITED = GLMRateLimitError("concurrency too high", status_code=429, code="1302")

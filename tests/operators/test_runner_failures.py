@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from airflow_provider_glm.operators.chat import GLMChatOperator
-from airflow_provider_glm.runner import RowRunner
+from airflow_provider_glm.rows._runner import RowRunner
 
 
 class Boom(RuntimeError):

@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from airflow_provider_glm.compat import AirflowFailException
-from airflow_provider_glm.concurrency import AdaptiveLimit
+from airflow_provider_glm._compat import AirflowFailException
 from airflow_provider_glm.operators.chat import GLMChatOperator
+from airflow_provider_glm.rows._concurrency import AdaptiveLimit
 
 
 def test_a_budget_reached_while_a_worker_waited_for_its_slot_stops_its_row(

@@ -18,7 +18,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from airflow_provider_glm.sinks.sql_tables import results_table_def, runs_table_def, usage_table_def
+from airflow_provider_glm.sinks.sql._tables import results_table_def, runs_table_def, usage_table_def
 
 DAGS = {
     "glm_nightly_summary": ("summarize_reviews", "headline"),

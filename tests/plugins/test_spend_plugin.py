@@ -21,7 +21,7 @@ import pytest
 import sqlalchemy as sa
 from _spend_seed import DAGS, SeededTables, seed
 
-from airflow_provider_glm.plugins import svg_chart
+from airflow_provider_glm.plugins import _svg_chart as svg_chart
 from airflow_provider_glm.plugins.spend import URL_PREFIX, GLMSpendPlugin
 
 
@@ -71,7 +71,7 @@ NOW = dt.datetime.now(dt.UTC)
 def client(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     from fastapi.testclient import TestClient
 
-    from airflow_provider_glm.plugins.app import SpendConfig, create_app
+    from airflow_provider_glm.plugins._app import SpendConfig, create_app
 
     path = tmp_path / "warehouse.db"
     engine = sa.create_engine(f"sqlite:///{path}")
@@ -114,7 +114,7 @@ def test_bad_periods_are_refused(client: Any, params: dict[str, Any], status: in
 def test_unconfigured_page_says_what_to_set(monkeypatch: pytest.MonkeyPatch) -> None:
     from fastapi.testclient import TestClient
 
-    from airflow_provider_glm.plugins.app import SpendConfig, create_app
+    from airflow_provider_glm.plugins._app import SpendConfig, create_app
 
     app = create_app(SpendConfig(spend_conn_id=""))
     deps = app.state.auth_dependencies
@@ -132,8 +132,8 @@ def test_unconfigured_page_says_what_to_set(monkeypatch: pytest.MonkeyPatch) -> 
 def test_page_escapes_names_from_the_ledger(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from fastapi.testclient import TestClient
 
-    from airflow_provider_glm.plugins.app import SpendConfig, create_app
-    from airflow_provider_glm.sinks.sql_tables import usage_table_def
+    from airflow_provider_glm.plugins._app import SpendConfig, create_app
+    from airflow_provider_glm.sinks.sql._tables import usage_table_def
 
     path = tmp_path / "warehouse.db"
     engine = sa.create_engine(f"sqlite:///{path}")
@@ -162,7 +162,7 @@ def test_page_escapes_names_from_the_ledger(tmp_path: Path, monkeypatch: pytest.
 def test_missing_tables_answer_503_with_the_reason(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from fastapi.testclient import TestClient
 
-    from airflow_provider_glm.plugins.app import SpendConfig, create_app
+    from airflow_provider_glm.plugins._app import SpendConfig, create_app
 
     monkeypatch.setenv("AIRFLOW_CONN_GLM_SPEND_TEST",
                        json.dumps({"conn_type": "sqlite", "host": str(tmp_path / "empty.db")}))

@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from _databases import BACKENDS, backend_url
 from _spend_seed import SeededTables, seed, unique_names
 
-from airflow_provider_glm.plugins.spend_queries import SpendFilters, SpendQueries
+from airflow_provider_glm.plugins._spend_queries import SpendFilters, SpendQueries
 
 NOW = dt.datetime(2026, 11, 20, 15, 30, tzinfo=dt.UTC)
 

@@ -15,8 +15,8 @@ import pytest
 import sqlalchemy as sa
 from _databases import BACKENDS, server_url
 
-from airflow_provider_glm.records import ResultRecord, RunScope
-from airflow_provider_glm.sinks.objectstorage import FIELDS, JSONLResultsExport
+from airflow_provider_glm.rows._records import ResultRecord, RunScope
+from airflow_provider_glm.sinks._objectstorage import FIELDS, JSONLResultsExport
 from airflow_provider_glm.sinks.sql import SQLSink
 
 SCOPE = RunScope("dag", "task", "run-1")

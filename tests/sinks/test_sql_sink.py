@@ -13,11 +13,10 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from _databases import BACKENDS, server_url
 from sqlalchemy.engine import Engine
 
-from _databases import BACKENDS, server_url
-
-from airflow_provider_glm.records import ResultRecord, RunScope, UsageRecord
+from airflow_provider_glm.rows._records import ResultRecord, RunScope, UsageRecord
 from airflow_provider_glm.sinks.sql import SQLSink, result_key, validate_table_name
 
 SCOPE = RunScope("dag", "task", "run-1")

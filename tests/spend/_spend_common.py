@@ -20,7 +20,7 @@ from _databases import backend_url
 from _ledger import check_ledger
 
 from airflow_provider_glm.operators.chat import GLMChatOperator
-from airflow_provider_glm.records import RunScope
+from airflow_provider_glm.rows._records import RunScope
 from airflow_provider_glm.sinks.sql import SQLSink
 from airflow_provider_glm.testing import GLMTestServer
 

@@ -15,7 +15,7 @@ import httpx
 import pytest
 from _spend_common import Warehouse, checked_ledger, run_operator, use_connection
 
-from airflow_provider_glm.compat import AirflowFailException
+from airflow_provider_glm._compat import AirflowFailException
 from airflow_provider_glm.exceptions import GLMBudgetExceededError, GLMRowsFailedError
 from airflow_provider_glm.hooks.glm import GLMHook
 from airflow_provider_glm.operators.batch import GLMBatchOperator

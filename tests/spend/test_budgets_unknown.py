@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from _spend_common import WORDS, Warehouse, chat_attempts, chat_operator, checked_ledger, run_operator, use_connection
 
-from airflow_provider_glm.compat import AirflowFailException
+from airflow_provider_glm._compat import AirflowFailException
 from airflow_provider_glm.exceptions import GLMBudgetExceededError
 from airflow_provider_glm.testing import Fault, GLMTestServer
 

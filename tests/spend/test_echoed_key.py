@@ -21,7 +21,7 @@ import pytest
 import sqlalchemy as sa
 from _spend_common import TARGET, WORDS, Warehouse, chat_operator, checked_ledger, run_operator, use_connection
 
-from airflow_provider_glm.compat import AirflowFailException
+from airflow_provider_glm._compat import AirflowFailException
 from airflow_provider_glm.exceptions import GLMRowsFailedError
 from airflow_provider_glm.operators.batch import GLMBatchOperator
 from airflow_provider_glm.testing import Fault, GLMTestServer

@@ -17,11 +17,11 @@ import httpx
 import pytest
 from _spend_common import Warehouse, chat_operator, checked_ledger, run_operator, use_connection
 
-from airflow_provider_glm.client_core import check_base_url
-from airflow_provider_glm.concurrency import UNREACHABLE_THRESHOLD, CircuitBreaker
+from airflow_provider_glm.client._core import check_base_url
+from airflow_provider_glm.client._http_pool import HTTP1Pool
 from airflow_provider_glm.exceptions import GLMConnectionError, GLMEndpointUnreachableError, GLMTimeoutError
 from airflow_provider_glm.hooks.glm import GLMHook
-from airflow_provider_glm.http_pool import HTTP1Pool
+from airflow_provider_glm.rows._concurrency import UNREACHABLE_THRESHOLD, CircuitBreaker
 from airflow_provider_glm.testing import GLMTestServer
 
 

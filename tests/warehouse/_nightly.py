@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from _fakes import FakeTaskInstance, FakeTaskStateStore
 
 from airflow_provider_glm.operators.chat import GLMChatOperator
-from airflow_provider_glm.records import RunScope
+from airflow_provider_glm.rows._records import RunScope
 from airflow_provider_glm.sinks.sql import SQLSink
 
 DAG_ID = "nightly_reviews"

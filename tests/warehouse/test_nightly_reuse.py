@@ -16,7 +16,7 @@ import pytest
 from _databases import BACKENDS
 from _nightly import Nightly
 
-from airflow_provider_glm.rendering import RequestBuilder
+from airflow_provider_glm.rows._rendering import RequestBuilder
 
 NIGHT_1 = ("scheduled__2026-11-28T00:00:00+00:00", dt.datetime(2026, 11, 28, tzinfo=dt.UTC))
 NIGHT_2 = ("scheduled__2026-11-29T00:00:00+00:00", dt.datetime(2026, 11, 29, tzinfo=dt.UTC))

@@ -5,14 +5,14 @@ with every write until the run ended: 11.6 GB at 400,000 rows.)"""
 
 from __future__ import annotations
 
-from pathlib import Path
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from _nightly import Nightly
 
-from airflow_provider_glm.row_sources import QueryRows
+from airflow_provider_glm.rows._sources import QueryRows
 
 ROWS = 3000
 WAL_AUTOCHECKPOINT_BYTES = 1000 * 4096  # SQLite's default: a checkpoint once the log passes 1,000 pages

@@ -12,7 +12,7 @@ from _nightly import Nightly
 from pydantic import BaseModel, Field
 from sqlalchemy.dialects import mysql
 
-from airflow_provider_glm.sinks.sql_tables import output_column_defs
+from airflow_provider_glm.sinks.sql._tables import output_column_defs
 
 ROWS = 6
 

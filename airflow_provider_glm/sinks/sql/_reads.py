@@ -14,12 +14,12 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql
 
-from airflow_provider_glm.sinks.sql_tables import MYSQL_DIALECTS, SCOPE_COLUMNS, result_key
+from airflow_provider_glm.sinks.sql._tables import MYSQL_DIALECTS, SCOPE_COLUMNS, result_key
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
 
-    from airflow_provider_glm.records import RunScope
+    from airflow_provider_glm.rows._records import RunScope
 
 __all__ = ["SinkReads"]
 

@@ -15,7 +15,7 @@ from airflow_provider_glm import constants
 if TYPE_CHECKING:
     from airflow.sdk import Connection
 
-    from airflow_provider_glm.auth import APIKey
+    from airflow_provider_glm.client._auth import APIKey
 
 __all__ = ["ConnectionSettings", "base_url_of"]
 
@@ -44,7 +44,7 @@ class ConnectionSettings:
 
         :param conn: an Airflow connection of type ``glm``.
         """
-        from airflow_provider_glm.auth import APIKey
+        from airflow_provider_glm.client._auth import APIKey
 
         extra = conn.extra_dejson or {}
         leaked = sorted(k for k in extra if k.lower() in _KEY_EXTRAS)
@@ -97,7 +97,7 @@ class ConnectionSettings:
         if insecure:
             options["allow_insecure_http"] = True
         base_url = base_url_of(conn)
-        from airflow_provider_glm.client_core import check_base_url
+        from airflow_provider_glm.client._core import check_base_url
 
         try:
             check_base_url(base_url, allow_insecure_http=bool(insecure))

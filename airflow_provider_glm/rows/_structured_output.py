@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from airflow_provider_glm.exceptions import GLMInvalidOutputError
 
 if TYPE_CHECKING:
-    from airflow_provider_glm.models import ChatCompletion
+    from airflow_provider_glm.client.models import ChatCompletion
 
 __all__ = ["OUTPUT_MODES", "OutputSpec"]
 

@@ -17,15 +17,15 @@ if TYPE_CHECKING:
 
     from airflow_provider_glm.hooks.glm import GLMHook
     from airflow_provider_glm.operators.base import GLMBaseOperator
-    from airflow_provider_glm.outcomes import OutcomeRules
-    from airflow_provider_glm.records import RunScope
-    from airflow_provider_glm.rendering import PreparedRequest, RequestBuilder
-    from airflow_provider_glm.row_sources import PreparedRows, RequestChunks
-    from airflow_provider_glm.run_state import RunState
-    from airflow_provider_glm.sinks.objectstorage import JSONLResultsExport
-    from airflow_provider_glm.sinks.sql import SQLSink
-    from airflow_provider_glm.structured_output import OutputSpec
-    from airflow_provider_glm.writer import RecordWriter
+    from airflow_provider_glm.rows._outcomes import OutcomeRules
+    from airflow_provider_glm.rows._records import RunScope
+    from airflow_provider_glm.rows._rendering import PreparedRequest, RequestBuilder
+    from airflow_provider_glm.rows._sources import PreparedRows, RequestChunks
+    from airflow_provider_glm.rows._state import RunState
+    from airflow_provider_glm.rows._structured_output import OutputSpec
+    from airflow_provider_glm.rows._writer import RecordWriter
+    from airflow_provider_glm.sinks._objectstorage import JSONLResultsExport
+    from airflow_provider_glm.sinks.sql._sink import SQLSink
 
 __all__ = ["SINGLE_ROW_KEY", "RunPlan", "build_plan"]
 
@@ -67,13 +67,13 @@ def build_plan(op: GLMBaseOperator, context: Context, *, api: str, price_require
     :param price_required: refuse a model the price table does not know (cost budgets need it).
     :param discount: price multiplier of the API used (0.5 for batch).
     """
-    from airflow_provider_glm.outcomes import OutcomeRules
-    from airflow_provider_glm.pricing import Pricer, PriceTable
-    from airflow_provider_glm.records import RunScope, utcnow
-    from airflow_provider_glm.rendering import MessageTemplate, RequestBuilder, prompt_messages
-    from airflow_provider_glm.run_state import RunState, spend_from_rows
-    from airflow_provider_glm.structured_output import OutputSpec
-    from airflow_provider_glm.writer import RecordWriter
+    from airflow_provider_glm.rows._outcomes import OutcomeRules
+    from airflow_provider_glm.rows._pricing import Pricer, PriceTable
+    from airflow_provider_glm.rows._records import RunScope, utcnow
+    from airflow_provider_glm.rows._rendering import MessageTemplate, RequestBuilder, prompt_messages
+    from airflow_provider_glm.rows._state import RunState, spend_from_rows
+    from airflow_provider_glm.rows._structured_output import OutputSpec
+    from airflow_provider_glm.rows._writer import RecordWriter
 
     started_at = utcnow()
     params = _request_params(op.request_params)
@@ -144,8 +144,8 @@ def _with_instruction(messages: list[dict[str, Any]], instruction: str | None) -
 
 
 def _rows(op: GLMBaseOperator, builder: RequestBuilder) -> tuple[PreparedRows | None, PreparedRequest | None]:
-    from airflow_provider_glm.rendering import Row, normalize_rows
-    from airflow_provider_glm.row_sources import PreparedRows, prepare_all
+    from airflow_provider_glm.rows._rendering import Row, normalize_rows
+    from airflow_provider_glm.rows._sources import PreparedRows, prepare_all
 
     if not op.row_mode:
         return None, builder.build(Row(SINGLE_ROW_KEY, {}))
@@ -160,7 +160,7 @@ def _rows(op: GLMBaseOperator, builder: RequestBuilder) -> tuple[PreparedRows | 
 def _query_rows(op: GLMBaseOperator, builder: RequestBuilder, sink: SQLSink | None) -> RequestChunks:
     from airflow.sdk import BaseHook
 
-    from airflow_provider_glm.row_sources import QueryRows
+    from airflow_provider_glm.rows._sources import QueryRows
 
     if sink is None:
         raise ValueError("source_sql streams rows that may not fit in XCom: set sql_conn_id or sqlalchemy_url "
@@ -184,7 +184,7 @@ def _engine_of(conn: Any, conn_id: str) -> Any:
 def _export(op: GLMBaseOperator) -> JSONLResultsExport | None:
     if not op.output_path:
         return None
-    from airflow_provider_glm.sinks.objectstorage import JSONLResultsExport
+    from airflow_provider_glm.sinks._objectstorage import JSONLResultsExport
 
     export = JSONLResultsExport(op.output_path, op.output_conn_id)
     export.validate()
@@ -195,8 +195,8 @@ def _sink(op: GLMBaseOperator, output: OutputSpec, row_count: int | None) -> SQL
     """Build and check the SQL sink before any API call (names, tables and output columns checked here)."""
     from airflow.sdk import BaseHook
 
-    from airflow_provider_glm.sinks.sql import SQLSink
-    from airflow_provider_glm.sinks.sql_tables import output_column_defs
+    from airflow_provider_glm.sinks.sql._sink import SQLSink
+    from airflow_provider_glm.sinks.sql._tables import output_column_defs
 
     columns = []
     if op.output_columns:

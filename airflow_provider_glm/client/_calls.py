@@ -24,9 +24,9 @@ from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from airflow_provider_glm.auth import redact
+from airflow_provider_glm.client._auth import redact
+from airflow_provider_glm.client.models import ChatCompletion
 from airflow_provider_glm.exceptions import GLMError, error_from_body
-from airflow_provider_glm.models import ChatCompletion
 
 __all__ = [
     "AsyncTask", "Batch", "BatchList", "BatchResultLine", "Call", "FileObject", "TERMINAL_BATCH_STATUSES",

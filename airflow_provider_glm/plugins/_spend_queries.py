@@ -28,7 +28,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from airflow_provider_glm.plugins.spend_rows import (
+from airflow_provider_glm.plugins._spend_rows import (
     TOKENS,
     SpendFilters,
     fold_overview,
@@ -37,7 +37,7 @@ from airflow_provider_glm.plugins.spend_rows import (
     money,
     run_row,
 )
-from airflow_provider_glm.sinks.sql_tables import (
+from airflow_provider_glm.sinks.sql._tables import (
     results_table_def,
     runs_table_def,
     usage_table_def,

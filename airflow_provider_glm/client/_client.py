@@ -2,7 +2,7 @@
 
 :class:`AsyncGLMClient` is the one implementation: every call, sync or async, chat or file or
 batch, goes through its attempt loop, so all share one deadline, retry, billing and parsing policy
-(:class:`~airflow_provider_glm.client_core.ClientCore`). :class:`GLMClient` runs an
+(:class:`~airflow_provider_glm.client._core.ClientCore`). :class:`GLMClient` runs an
 :class:`AsyncGLMClient` on a private event loop thread and waits for the result.
 
 Every attempt has a total deadline (``timeout``), headers included; answers above
@@ -26,17 +26,17 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import httpx
 
 from airflow_provider_glm import constants
-from airflow_provider_glm.auth import APIKey
-from airflow_provider_glm.client_core import Attempts, CallInfo, ClientCore, http_options, tls_context
-from airflow_provider_glm.event_loop import run_blocking
+from airflow_provider_glm._event_loop import run_blocking
+from airflow_provider_glm.client._auth import APIKey
+from airflow_provider_glm.client._core import Attempts, CallInfo, ClientCore, http_options, tls_context
+from airflow_provider_glm.client._http1 import AnswerTooLarge
+from airflow_provider_glm.client._http_pool import HTTP1Pool
+from airflow_provider_glm.client._streaming import DONE, SSEDecoder
+from airflow_provider_glm.client.models import ChatCompletion, ChatCompletionChunk, encode_body
 from airflow_provider_glm.exceptions import GLMError, GLMInvalidResponseError
-from airflow_provider_glm.http1 import AnswerTooLarge
-from airflow_provider_glm.http_pool import HTTP1Pool
-from airflow_provider_glm.models import ChatCompletion, ChatCompletionChunk, encode_body
-from airflow_provider_glm.streaming import DONE, SSEDecoder
 
 if TYPE_CHECKING:
-    from airflow_provider_glm.batch_api import Call
+    from airflow_provider_glm.client._calls import Call
 
 __all__ = ["AsyncGLMClient", "CallInfo", "GLMClient"]
 
@@ -124,7 +124,7 @@ class AsyncGLMClient:
 
     async def chat_completion(self, model: str, messages: Any, *, deadline: float | None = None,
                               **params: Any) -> ChatCompletion:
-        """Create a chat completion; see :func:`~airflow_provider_glm.models.build_chat_request`."""
+        """Create a chat completion; see :func:`~airflow_provider_glm.client.models.build_chat_request`."""
         body = self._core.chat_body(model, messages, params, stream=False)
         return await self.send_chat(encode_body(body), request_id=body.get("request_id"), deadline=deadline)
 
@@ -133,7 +133,7 @@ class AsyncGLMClient:
         """Send an already validated chat request body (JSON bytes) and parse the answer.
 
         The row operators build and validate each row's body once, before any call; this sends it
-        as is. The answer's :attr:`~airflow_provider_glm.models.ChatCompletion.call_info` says how
+        as is. The answer's :attr:`~airflow_provider_glm.client.models.ChatCompletion.call_info` says how
         many attempts it took and how many of them may have been billed.
         """
         core, pool = self._core, self._pool

@@ -1,7 +1,7 @@
 """When to try a failed GLM call again, and how long to wait first.
 
 One :class:`RetryPolicy` decides for the sync and async clients alike. The decision rests on the
-error (its class and business code, from :mod:`airflow_provider_glm.error_codes`), the attempt
+error (its class and business code, from :mod:`airflow_provider_glm.client._error_codes`), the attempt
 number and the time left before the caller's deadline; the clients only sleep and resend.
 """
 

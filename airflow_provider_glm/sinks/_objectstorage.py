@@ -8,7 +8,7 @@ registers). Each line is a plain JSON object with the keys of :data:`FIELDS`, in
 
 The rows come either from the SQL sink (:meth:`SQLSink.iter_results`, streamed, so the file holds the
 scope's complete state, rows resumed from earlier tries included, without loading them all), or from
-:class:`~airflow_provider_glm.records.ResultRecord` objects handed over in memory when no SQL
+:class:`~airflow_provider_glm.rows._records.ResultRecord` objects handed over in memory when no SQL
 sink is configured.
 
 The write goes to a temporary sibling (``.<name>.<random>.tmp`` beside the final path) that is moved
@@ -36,8 +36,8 @@ from urllib.parse import urlsplit
 if TYPE_CHECKING:
     from airflow.sdk import ObjectStoragePath
 
-    from airflow_provider_glm.records import ResultRecord, RunScope
-    from airflow_provider_glm.sinks.sql import SQLSink
+    from airflow_provider_glm.rows._records import ResultRecord, RunScope
+    from airflow_provider_glm.sinks.sql._sink import SQLSink
 
 __all__ = ["FIELDS", "JSONLResultsExport"]
 

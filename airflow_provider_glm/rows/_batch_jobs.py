@@ -4,7 +4,7 @@
 between planning and finishing. Earlier tries' batches are found through Airflow's task state store
 and through the scope every batch carries in its metadata; a batch's rows are read from its input
 file, so a row is submitted again only when no running batch holds it. Results become the same
-outcomes as online answers (:mod:`airflow_provider_glm.outcomes`), priced at the batch discount.
+outcomes as online answers (:mod:`airflow_provider_glm.rows._outcomes`), priced at the batch discount.
 """
 
 from __future__ import annotations
@@ -14,19 +14,19 @@ import json
 from decimal import Decimal
 from typing import TYPE_CHECKING
 
-from airflow_provider_glm import batch_api as calls
-from airflow_provider_glm import outcomes
+from airflow_provider_glm.client import _calls as calls
 from airflow_provider_glm.exceptions import GLMError
-from airflow_provider_glm.runner import settle
+from airflow_provider_glm.rows import _outcomes as outcomes
+from airflow_provider_glm.rows._runner import settle
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
-    from airflow_provider_glm.batch_api import Batch
-    from airflow_provider_glm.client import AsyncGLMClient
+    from airflow_provider_glm.client._calls import Batch
+    from airflow_provider_glm.client._client import AsyncGLMClient
     from airflow_provider_glm.operators.batch import GLMBatchOperator
-    from airflow_provider_glm.rendering import PreparedRequest
-    from airflow_provider_glm.run_plan import RunPlan
+    from airflow_provider_glm.rows._plan import RunPlan
+    from airflow_provider_glm.rows._rendering import PreparedRequest
 
 __all__ = ["LOOKUP_PAGES", "STATE_KEY", "BatchJobs"]
 
@@ -196,7 +196,7 @@ class BatchJobs:
         in a later one ends ``ok``. A batch that says it completed more requests than its output holds
         gets a ``billing='unknown'`` ledger entry for the difference.
         """
-        from airflow_provider_glm.error_codes import rule_for_code
+        from airflow_provider_glm.client._error_codes import rule_for_code
 
         run = self.run
         errors: list[tuple[str, str, str | None]] = []

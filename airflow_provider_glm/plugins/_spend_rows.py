@@ -1,7 +1,7 @@
 """What the spend page asks for, and how grouped rows become its figures (no database access here).
 
 :class:`SpendFilters` is the period and the DAGs and model to include; the functions fold the rows
-:class:`~airflow_provider_glm.plugins.spend_queries.SpendQueries` returns into totals per currency,
+:class:`~airflow_provider_glm.plugins._spend_queries.SpendQueries` returns into totals per currency,
 per day, per task and per run.
 """
 

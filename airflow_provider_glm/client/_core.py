@@ -2,7 +2,7 @@
 
 :class:`ClientCore` holds the policy of a call (headers, timeouts, the error mapping of
 :mod:`airflow_provider_glm.exceptions`, the retry decisions of
-:class:`~airflow_provider_glm.retry.RetryPolicy`); :class:`Attempts` keeps the books of one call's
+:class:`~airflow_provider_glm.client.retry.RetryPolicy`); :class:`Attempts` keeps the books of one call's
 attempts: how many, how many may have been billed, and what the caller's observer is told.
 """
 
@@ -22,7 +22,9 @@ import httpx
 from pydantic import ValidationError
 
 from airflow_provider_glm import constants
-from airflow_provider_glm.auth import APIKey, AuthMode, Credentials
+from airflow_provider_glm.client._auth import APIKey, AuthMode, Credentials
+from airflow_provider_glm.client.models import ChatCompletion, build_chat_request
+from airflow_provider_glm.client.retry import RetryPolicy, parse_retry_after
 from airflow_provider_glm.exceptions import (
     GLMConnectionError,
     GLMError,
@@ -31,8 +33,6 @@ from airflow_provider_glm.exceptions import (
     GLMTimeoutError,
     error_from_response,
 )
-from airflow_provider_glm.models import ChatCompletion, build_chat_request
-from airflow_provider_glm.retry import RetryPolicy, parse_retry_after
 
 __all__ = ["AttemptObserver", "Attempts", "CallInfo", "ClientCore", "check_base_url", "http_options", "tls_context"]
 
@@ -354,7 +354,7 @@ def http_options(max_connections: int, transport: httpx.AsyncBaseTransport | Non
     """Options every httpx client gets: httpcore's pool on asyncio sockets (:mod:`.transport`) with one
     shared TLS context (loading the CA bundle costs ~50 ms per client), no redirects, no proxy or CA
     settings from the environment."""
-    from airflow_provider_glm.transport import async_transport
+    from airflow_provider_glm.client._transport import async_transport
 
     return {
         "transport": async_transport(max_connections, tls_context(), transport),

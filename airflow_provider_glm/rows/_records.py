@@ -1,7 +1,7 @@
 """The records a run produces: one result per input row, one ledger entry per billed (or possibly billed) call.
 
-These are plain values. :mod:`airflow_provider_glm.outcomes` builds them from answers and failures,
-:mod:`airflow_provider_glm.run_state` counts them, and the sinks store them.
+These are plain values. :mod:`airflow_provider_glm.rows._outcomes` builds them from answers and failures,
+:mod:`airflow_provider_glm.rows._state` counts them, and the sinks store them.
 """
 
 from __future__ import annotations

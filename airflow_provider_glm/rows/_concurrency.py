@@ -10,7 +10,7 @@ below the account's limit without talking to each other.
 (refused, DNS, connect timeout) with no answer in between; the run then stops sending rows.
 
 Both listen to the client's attempt observer (see
-:data:`~airflow_provider_glm.client_core.AttemptObserver`) and run on the task's event loop.
+:data:`~airflow_provider_glm.client._core.AttemptObserver`) and run on the task's event loop.
 """
 
 from __future__ import annotations

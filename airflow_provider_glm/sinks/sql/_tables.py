@@ -23,7 +23,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import Dialect
 
-from airflow_provider_glm.records import RunScope
+from airflow_provider_glm.rows._records import RunScope
 
 __all__ = [
     "ID_LENGTH", "MYSQL_DIALECTS", "RESERVED_COLUMNS", "RESPONSE_ID_LENGTH", "ROW_KEY_LENGTH", "RUN_COUNTS",

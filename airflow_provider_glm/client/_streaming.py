@@ -2,7 +2,7 @@
 
 :class:`SSEDecoder` is fed raw bytes by either client and returns complete events; it knows
 comments, ``[DONE]`` and error events. :class:`StreamAssembler` folds typed chunks into one
-:class:`~airflow_provider_glm.models.ChatCompletion`, joining tool-call argument fragments by index.
+:class:`~airflow_provider_glm.client.models.ChatCompletion`, joining tool-call argument fragments by index.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from airflow_provider_glm.client.models import ChatCompletion, ChatCompletionChunk, Usage
 from airflow_provider_glm.exceptions import GLMInvalidResponseError, error_from_body
-from airflow_provider_glm.models import ChatCompletion, ChatCompletionChunk, Usage
 
 __all__ = ["SSEDecoder", "StreamAssembler"]
 

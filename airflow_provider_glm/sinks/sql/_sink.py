@@ -2,27 +2,27 @@
 PostgreSQL and MySQL/MariaDB.
 
 SQLAlchemy Core only, bound parameters only; table names are validated identifiers. The tables are
-defined in :mod:`~airflow_provider_glm.sinks.sql_tables`, created or extended (additively) by
-:mod:`~airflow_provider_glm.sinks.sql_migrate`; the queries that read them live in
-:mod:`~airflow_provider_glm.sinks.sql_reads`. Every retry of a database operation follows
-:func:`database_retry`.
+defined in :mod:`~airflow_provider_glm.sinks.sql._tables`, created or extended (additively) by
+:mod:`~airflow_provider_glm.sinks.sql._migrate`; the queries that read them live in
+:mod:`~airflow_provider_glm.sinks.sql._reads`. Every retry of a database operation follows
+:func:`~airflow_provider_glm.sinks.sql._retry.database_retry`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import fields
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.sql.dml import Insert
 
-from airflow_provider_glm.records import ResultRecord, RunScope, UsageRecord
-from airflow_provider_glm.sinks.sql_reads import SinkReads
-from airflow_provider_glm.sinks.sql_tables import (
+from airflow_provider_glm.rows._records import ResultRecord, RunScope, UsageRecord
+from airflow_provider_glm.sinks.sql._migrate import migrate
+from airflow_provider_glm.sinks.sql._reads import SinkReads
+from airflow_provider_glm.sinks.sql._tables import (
     ID_LENGTH,
     MYSQL_DIALECTS,
     RESPONSE_ID_LENGTH,
@@ -38,67 +38,12 @@ from airflow_provider_glm.sinks.sql_tables import (
     validate_table_name,
 )
 
-__all__ = ["SQLSink", "database_retry", "is_transient", "result_key", "validate_table_name"]
+__all__ = ["SQLSink", "result_key", "validate_table_name"]
 
 _SUPPORTED_DIALECTS = ("sqlite", "postgresql", *MYSQL_DIALECTS)
 _STATUSES = frozenset({"ok", "failed", "filtered", "skipped"})
 _CHUNK = 1000
-_MYSQL_TRANSIENT = frozenset({1205, 1213})
-_PG_TRANSIENT = frozenset({"40001", "40P01"})
 _NUL_COLUMNS = ("content", "reasoning_content", "finish_reason", "error", "model")
-
-
-def is_transient(exc: BaseException) -> bool:
-    """Whether retrying the whole transaction can help: the database is unreachable, the connection
-    broke, or a deadlock or serialization failure (not a wrong schema or bad data)."""
-    if isinstance(exc, (OperationalError, InterfaceError, OSError, sa.exc.TimeoutError)):
-        return True
-    if isinstance(exc, DBAPIError):
-        if exc.connection_invalidated:
-            return True
-        orig = exc.orig
-        if getattr(orig, "pgcode", None) in _PG_TRANSIENT:
-            return True
-        args: tuple[Any, ...] = tuple(getattr(orig, "args", ()))
-        return bool(args) and isinstance(args[0], int) and args[0] in _MYSQL_TRANSIENT
-    return False
-
-
-def database_retry(timeout: float, *, what: str, log: Any, sleep: Callable[[float], Any] | None = None,
-                   retry_on: Callable[[BaseException], bool] = is_transient, asynchronous: bool = True,
-                   note: str = "") -> Any:
-    """The one retry policy of database work: exponential waits (1 s doubling to 30 s) until ``timeout``.
-
-    :param timeout: seconds after which no new attempt starts; the last error is raised.
-    :param what: what is being done, for the log lines.
-    :param sleep: the wait (inject in tests).
-    :param retry_on: which errors are worth another attempt (default: :func:`is_transient`).
-    :param asynchronous: a ``tenacity.AsyncRetrying`` (``async for``) instead of a ``tenacity.Retrying``.
-    :param note: said with every retry (e.g. that the records are kept).
-    """
-    import tenacity
-
-    def before_sleep(state: tenacity.RetryCallState) -> None:
-        error = state.outcome.exception() if state.outcome else None
-        wait = state.next_action.sleep if state.next_action else 0
-        log.warning("%s failed (%s)%s; retrying in %.0f s.", what.capitalize(), type(error).__name__, note, wait)
-
-    def give_up(state: tenacity.RetryCallState) -> None:
-        error = state.outcome.exception() if state.outcome else None
-        log.error("Giving up %s after %.0f s: %s", what, state.seconds_since_start or 0.0, error)
-        raise error if error is not None else RuntimeError(what)
-
-    options: dict[str, Any] = {
-        "stop": tenacity.stop_before_delay(timeout),
-        "wait": tenacity.wait_exponential(multiplier=1, min=1, max=30),
-        "retry": tenacity.retry_if_exception(retry_on),
-        "before_sleep": before_sleep,
-        "retry_error_callback": give_up,
-        "reraise": True,
-    }
-    if sleep is not None:
-        options["sleep"] = sleep
-    return tenacity.AsyncRetrying(**options) if asynchronous else tenacity.Retrying(**options)
 
 
 def _row(record: ResultRecord | UsageRecord, names: tuple[str, ...]) -> dict[str, Any]:
@@ -229,8 +174,6 @@ class SQLSink(SinkReads):
 
         :raises ValueError: an existing table lacks its key, or a typed output column changed type.
         """
-        from airflow_provider_glm.sinks.sql_migrate import migrate
-
         migrate(self._engine, self._tables(), timeout=timeout, log=log)
 
     def _tables(self) -> list[tuple[sa.Table, str]]:
@@ -243,7 +186,8 @@ class SQLSink(SinkReads):
         """Upsert ``results`` (and the latest table's ``ok`` rows) and insert ``usage`` in one transaction.
 
         A known ``response_id`` is ignored, so a rewrite never duplicates a ledger entry. Errors are
-        raised as they are: the caller retries under :func:`database_retry`.
+        raised as they are: the caller retries under
+        :func:`~airflow_provider_glm.sinks.sql._retry.database_retry`.
 
         :param results: one record per input row; the last record for a repeated key wins.
         :param usage: ledger entries; the first record for a repeated ``response_id`` wins.

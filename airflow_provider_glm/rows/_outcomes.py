@@ -3,8 +3,8 @@
 Each function takes the run's :class:`OutcomeRules` and one event (an answer, a failed call, a
 skip, a reuse) and returns an :class:`Outcome`: the row's status, its result record, its ledger
 entry (priced, with the bound of attempts that may have been billed), the value XCom carries and,
-for a failure, the error object. :class:`~airflow_provider_glm.run_state.RunState` counts outcomes;
-:class:`~airflow_provider_glm.writer.RecordWriter` stores their records.
+for a failure, the error object. :class:`~airflow_provider_glm.rows._state.RunState` counts outcomes;
+:class:`~airflow_provider_glm.rows._writer.RecordWriter` stores their records.
 """
 
 from __future__ import annotations
@@ -24,15 +24,15 @@ from airflow_provider_glm.exceptions import (
     GLMPermissionError,
     GLMQuotaExceededError,
 )
-from airflow_provider_glm.records import ResultRecord, RowStatus, RunScope, UsageRecord
+from airflow_provider_glm.rows._records import ResultRecord, RowStatus, RunScope, UsageRecord
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-    from airflow_provider_glm.models import ChatCompletion
-    from airflow_provider_glm.pricing import Pricer
-    from airflow_provider_glm.rendering import PreparedRequest
-    from airflow_provider_glm.structured_output import OutputSpec
+    from airflow_provider_glm.client.models import ChatCompletion
+    from airflow_provider_glm.rows._pricing import Pricer
+    from airflow_provider_glm.rows._rendering import PreparedRequest
+    from airflow_provider_glm.rows._structured_output import OutputSpec
 
 __all__ = ["FATAL_ERRORS", "Outcome", "OutcomeRules", "answered", "call_failed", "not_answered", "resumed",
            "reused", "skipped", "tool_calls_of", "unaccounted"]

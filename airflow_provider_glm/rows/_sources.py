@@ -15,12 +15,12 @@ import uuid
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_glm.rendering import make_row
+from airflow_provider_glm.rows._rendering import make_row
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
 
-    from airflow_provider_glm.rendering import PreparedRequest, RequestBuilder, Row
+    from airflow_provider_glm.rows._rendering import PreparedRequest, RequestBuilder, Row
 
 __all__ = ["InputError", "PreparedRows", "QueryRows", "RequestChunks"]
 

@@ -4,7 +4,7 @@
 await :meth:`RecordWriter.flush`; one writer at a time takes everything buffered into one
 transaction (group commit), so a worker never starts its next row before its last answer is
 committed and a crash loses at most the answers in flight. A database that refuses a write is
-retried under one policy (:func:`~airflow_provider_glm.sinks.sql.database_retry`) for
+retried under one policy (:func:`~airflow_provider_glm.sinks.sql._retry.database_retry`) for
 ``write_timeout`` seconds, with the records kept; after that the writer gives up, keeps them
 buffered, and says so through :attr:`RecordWriter.error`.
 """
@@ -18,10 +18,12 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.exc import SQLAlchemyError
 
+from airflow_provider_glm.sinks.sql._retry import database_retry
+
 if TYPE_CHECKING:
-    from airflow_provider_glm.outcomes import Outcome
-    from airflow_provider_glm.records import ResultRecord, UsageRecord
-    from airflow_provider_glm.sinks.sql import SQLSink
+    from airflow_provider_glm.rows._outcomes import Outcome
+    from airflow_provider_glm.rows._records import ResultRecord, UsageRecord
+    from airflow_provider_glm.sinks.sql._sink import SQLSink
 
 __all__ = ["RecordWriter"]
 
@@ -105,8 +107,6 @@ class RecordWriter:
             self._pending.difference_update(r.row_key for r in results)
 
     async def _write(self, results: list[ResultRecord], usage: list[UsageRecord]) -> None:
-        from airflow_provider_glm.sinks.sql import database_retry
-
         assert self.sink is not None
         sink = self.sink
         retrying = database_retry(self.write_timeout, sleep=self._sleep, log=self.log,

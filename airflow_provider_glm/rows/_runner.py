@@ -2,9 +2,9 @@
 
 :class:`RowRunner` reads chunks of prepared requests, settles what needs no call (rows already
 ``ok`` in this run, rows an earlier run answered identically), and sends the rest with at most
-:class:`~airflow_provider_glm.concurrency.AdaptiveLimit` rows in flight. Every outcome goes to the
-:class:`~airflow_provider_glm.run_state.RunState` and the
-:class:`~airflow_provider_glm.writer.RecordWriter`. It stops sending at an account error, a
+:class:`~airflow_provider_glm.rows._concurrency.AdaptiveLimit` rows in flight. Every outcome goes to the
+:class:`~airflow_provider_glm.rows._state.RunState` and the
+:class:`~airflow_provider_glm.rows._writer.RecordWriter`. It stops sending at an account error, a
 database that gave up, the deadline, a budget, an unreachable endpoint or a bad input row, and logs
 progress at a steady pace.
 """
@@ -21,20 +21,20 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_glm import outcomes
 from airflow_provider_glm.exceptions import GLMError
-from airflow_provider_glm.row_sources import InputError
+from airflow_provider_glm.rows import _outcomes as outcomes
+from airflow_provider_glm.rows._sources import InputError
 
 if TYPE_CHECKING:
-    from airflow_provider_glm.client import AsyncGLMClient
-    from airflow_provider_glm.concurrency import AdaptiveLimit, CircuitBreaker
-    from airflow_provider_glm.models import ChatCompletion
-    from airflow_provider_glm.outcomes import Outcome, OutcomeRules
-    from airflow_provider_glm.rendering import PreparedRequest
-    from airflow_provider_glm.row_sources import RequestChunks
-    from airflow_provider_glm.run_state import RunState
-    from airflow_provider_glm.sinks.sql import SQLSink
-    from airflow_provider_glm.writer import RecordWriter
+    from airflow_provider_glm.client._client import AsyncGLMClient
+    from airflow_provider_glm.client.models import ChatCompletion
+    from airflow_provider_glm.rows._concurrency import AdaptiveLimit, CircuitBreaker
+    from airflow_provider_glm.rows._outcomes import Outcome, OutcomeRules
+    from airflow_provider_glm.rows._rendering import PreparedRequest
+    from airflow_provider_glm.rows._sources import RequestChunks
+    from airflow_provider_glm.rows._state import RunState
+    from airflow_provider_glm.rows._writer import RecordWriter
+    from airflow_provider_glm.sinks.sql._sink import SQLSink
 
 __all__ = ["RowRunner", "RunLimits", "settle", "warn_if_truncated"]
 
@@ -217,7 +217,7 @@ class RowRunner:
     async def _ask(self, client: AsyncGLMClient, request: PreparedRequest) -> ChatCompletion:
         if self.limits.api != "async":
             return await client.send_chat(request.body, deadline=self.limits.deadline)
-        from airflow_provider_glm.batch_api import get_async_result, submit_async_chat
+        from airflow_provider_glm.client._calls import get_async_result, submit_async_chat
 
         deadline = self.limits.deadline
         task, submitted = await client.call_with_info(submit_async_chat(request.body), deadline=deadline)

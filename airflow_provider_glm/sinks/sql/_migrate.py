@@ -15,7 +15,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
-from airflow_provider_glm.sinks.sql_tables import column_category
+from airflow_provider_glm.sinks.sql._retry import database_retry
+from airflow_provider_glm.sinks.sql._tables import column_category
 
 __all__ = ["migrate"]
 
@@ -25,8 +26,6 @@ def migrate(engine: Engine, tables: list[tuple[sa.Table, str]], *, timeout: floa
 
     :raises ValueError: a table lacks its primary key / unique key, or a column's type would change.
     """
-    from airflow_provider_glm.sinks.sql import database_retry
-
     log = log or logging.getLogger(__name__)
     retrying = database_retry(timeout, what="preparing the tables", log=log, asynchronous=False,
                               retry_on=lambda exc: isinstance(exc, DBAPIError))

@@ -24,8 +24,8 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy.exc import SQLAlchemyError
 
-from airflow_provider_glm.plugins import svg_chart
-from airflow_provider_glm.plugins.spend_queries import SpendFilters, SpendQueries
+from airflow_provider_glm.plugins import _svg_chart as svg_chart
+from airflow_provider_glm.plugins._spend_queries import SpendFilters, SpendQueries
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine

@@ -12,11 +12,11 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_glm.records import RowStatus
+from airflow_provider_glm.rows._records import RowStatus
 
 if TYPE_CHECKING:
-    from airflow_provider_glm.outcomes import Outcome
-    from airflow_provider_glm.records import UsageRecord
+    from airflow_provider_glm.rows._outcomes import Outcome
+    from airflow_provider_glm.rows._records import UsageRecord
 
 __all__ = ["MAX_FAILURES_KEPT", "RunState", "Spend"]
 

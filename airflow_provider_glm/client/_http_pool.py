@@ -17,8 +17,8 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from airflow_provider_glm import http1
-from airflow_provider_glm.http1 import Answer, Connection
+from airflow_provider_glm.client import _http1 as http1
+from airflow_provider_glm.client._http1 import Answer, Connection
 
 __all__ = ["HTTP1Pool"]
 
