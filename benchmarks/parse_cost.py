@@ -37,7 +37,7 @@ CHECKS = (
     "httpx",
     "sqlalchemy",
     "pydantic",
-    "airflow_provider_glm.client",
+    "airflow_provider_glm.client._client",
     "airflow_provider_glm.client.models",
     "airflow_provider_glm.sinks.sql",
     "airflow_provider_glm.hooks.glm",
@@ -180,7 +180,7 @@ def run(ctx: Context) -> str:
         ms = median(r["op"] * 1000 for r in ours)
         state = ours[-1]["state"]
         lazy = [
-            "airflow_provider_glm.client",
+            "airflow_provider_glm.client._client",
             "airflow_provider_glm.client.models",
             "airflow_provider_glm.sinks.sql",
             "airflow_provider_glm.hooks.glm",

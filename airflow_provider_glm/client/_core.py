@@ -9,7 +9,6 @@ attempts: how many, how many may have been billed, and what the caller's observe
 from __future__ import annotations
 
 import functools
-import ipaddress
 import json
 import ssl
 import time
@@ -23,6 +22,8 @@ from pydantic import ValidationError
 
 from airflow_provider_glm import constants
 from airflow_provider_glm.client._auth import APIKey, AuthMode, Credentials
+from airflow_provider_glm.client._transport import async_transport
+from airflow_provider_glm.client._urls import check_base_url, endpoint_of
 from airflow_provider_glm.client.models import ChatCompletion, build_chat_request
 from airflow_provider_glm.client.retry import RetryPolicy, parse_retry_after
 from airflow_provider_glm.exceptions import (
@@ -34,7 +35,7 @@ from airflow_provider_glm.exceptions import (
     error_from_response,
 )
 
-__all__ = ["AttemptObserver", "Attempts", "CallInfo", "ClientCore", "check_base_url", "http_options", "tls_context"]
+__all__ = ["AttemptObserver", "Attempts", "CallInfo", "ClientCore", "http_options", "tls_context"]
 
 AttemptObserver = Callable[[str, "GLMError | None"], None]
 """Told after every attempt: ``("ok", None)``, or ``(kind, error)`` with kind ``rate_limited``,
@@ -54,33 +55,6 @@ class CallInfo:
     attempts: int
     unknown_billing_attempts: int
     latency_ms: int
-
-
-def check_base_url(base_url: str, *, allow_insecure_http: bool = False) -> str:
-    """The base URL without a trailing slash, refused when it would send the key in plaintext off loopback.
-
-    :param allow_insecure_http: accept ``http://`` to a host other than loopback (a trusted in-cluster gateway).
-    :raises ValueError: not an http(s) URL, or plaintext to a non-loopback host without the opt-in.
-    """
-    url = base_url.rstrip("/")
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"base_url must be an http(s) URL, got {url!r}")
-    if parts.scheme == "http" and not allow_insecure_http and not _is_loopback(parts.hostname):
-        raise ValueError(
-            f"base_url {url!r} would send the API key unencrypted to {parts.hostname}: use https://, or, for a "
-            "trusted in-cluster gateway, set the connection extra allow_insecure_http: true"
-        )
-    return url
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 class ClientCore:
@@ -136,8 +110,7 @@ class ClientCore:
     @property
     def endpoint(self) -> str:
         """``host:port`` of the base URL, for messages about reaching it."""
-        parts = urlsplit(self.base_url)
-        return f"{parts.hostname}:{parts.port or (443 if parts.scheme == 'https' else 80)}"
+        return endpoint_of(self.base_url)
 
     def url(self, path: str) -> str:
         return f"{self.base_url}/{path.lstrip('/')}"
@@ -354,8 +327,6 @@ def http_options(max_connections: int, transport: httpx.AsyncBaseTransport | Non
     """Options every httpx client gets: httpcore's pool on asyncio sockets (:mod:`.transport`) with one
     shared TLS context (loading the CA bundle costs ~50 ms per client), no redirects, no proxy or CA
     settings from the environment."""
-    from airflow_provider_glm.client._transport import async_transport
-
     return {
         "transport": async_transport(max_connections, tls_context(), transport),
         "follow_redirects": False,

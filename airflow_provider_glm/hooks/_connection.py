@@ -10,12 +10,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_glm import constants
+from airflow_provider_glm import constants, get_provider_info
+from airflow_provider_glm.client._auth import APIKey
+from airflow_provider_glm.client._urls import check_base_url
 
 if TYPE_CHECKING:
     from airflow.sdk import Connection
 
-    from airflow_provider_glm.client._auth import APIKey
 
 __all__ = ["ConnectionSettings", "base_url_of"]
 
@@ -44,8 +45,6 @@ class ConnectionSettings:
 
         :param conn: an Airflow connection of type ``glm``.
         """
-        from airflow_provider_glm.client._auth import APIKey
-
         extra = conn.extra_dejson or {}
         leaked = sorted(k for k in extra if k.lower() in _KEY_EXTRAS)
         if leaked:
@@ -97,8 +96,6 @@ class ConnectionSettings:
         if insecure:
             options["allow_insecure_http"] = True
         base_url = base_url_of(conn)
-        from airflow_provider_glm.client._core import check_base_url
-
         try:
             check_base_url(base_url, allow_insecure_http=bool(insecure))
         except ValueError as exc:
@@ -154,8 +151,6 @@ def _fix(name: str) -> str:
     The message must make sense without the connection id: a test from the Airflow UI runs on a
     temporary copy of the connection with a random id.
     """
-    from airflow_provider_glm import get_provider_info
-
     expected, default = _EXPECTED[name]
     fields = get_provider_info()["connection-types"][0]["conn-fields"]
     shown = f"{default:g}" if isinstance(default, float) else str(default)

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from airflow.sdk import BaseHook
 
 from airflow_provider_glm.client import _calls as calls
+from airflow_provider_glm.client._urls import endpoint_of
 from airflow_provider_glm.hooks._connection import ConnectionSettings
 
 if TYPE_CHECKING:
@@ -88,7 +89,7 @@ class GLMHook(BaseHook):
     @cached_property
     def client(self) -> GLMClient:
         """The blocking client, built once on first use (an async client run on a private loop thread)."""
-        from airflow_provider_glm.client._client import GLMClient
+        from airflow_provider_glm.client._client import GLMClient  # lazy: httpx loads when a client is built
 
         return GLMClient(self.settings.api_key, **self._options())
 
@@ -105,14 +106,11 @@ class GLMHook(BaseHook):
     @property
     def endpoint(self) -> str:
         """``host:port`` of the connection's base URL."""
-        from urllib.parse import urlsplit
-
-        parts = urlsplit(self.settings.base_url)
-        return f"{parts.hostname}:{parts.port or (443 if parts.scheme == 'https' else 80)}"
+        return endpoint_of(self.settings.base_url)
 
     def get_async_client(self, **overrides: Any) -> AsyncGLMClient:
         """A new async client; the caller owns it and closes it (``async with``)."""
-        from airflow_provider_glm.client._client import AsyncGLMClient
+        from airflow_provider_glm.client._client import AsyncGLMClient  # lazy: as in client
 
         return AsyncGLMClient(self.settings.api_key, **{**self._options(), **overrides})
 
@@ -193,7 +191,7 @@ class GLMHook(BaseHook):
 
     def test_connection(self) -> tuple[bool, str]:
         """Make one ``max_tokens=1`` call on the connection's model and say what it cost."""
-        from airflow_provider_glm.client._client import GLMClient
+        from airflow_provider_glm.client._client import GLMClient  # lazy: as in client
 
         try:
             model = self.settings.model

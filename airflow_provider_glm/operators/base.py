@@ -9,17 +9,28 @@ the rows reach GLM in between.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Mapping, Sequence
+from decimal import Decimal
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator
 
+from airflow_provider_glm._compat import AirflowFailException, AirflowTaskTimeout
+from airflow_provider_glm.exceptions import (
+    GLMBudgetExceededError,
+    GLMEndpointUnreachableError,
+    GLMRowsFailedError,
+)
+from airflow_provider_glm.rows._records import utcnow
+
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
     from airflow_provider_glm.hooks.glm import GLMHook
+    from airflow_provider_glm.operators._lineage import LineageInfo
     from airflow_provider_glm.rows._plan import RunPlan
     from airflow_provider_glm.rows._state import RunState
 
@@ -141,17 +152,16 @@ class GLMBaseOperator(BaseOperator):
     @cached_property
     def hook(self) -> GLMHook:
         """The ``glm`` connection's hook (built once per task instance)."""
-        from airflow_provider_glm.hooks.glm import GLMHook
+        from airflow_provider_glm.hooks.glm import GLMHook  # lazy: DAG files import operators on every parse
 
         return GLMHook(glm_conn_id=self.glm_conn_id)
 
     def plan(self, context: Context, *, api: str, price_required: bool = False, discount: Any = None) -> RunPlan:
         """Validate everything and set up the run (see :func:`~airflow_provider_glm.rows._plan.build_plan`)."""
-        from decimal import Decimal
+        from airflow_provider_glm.rows._plan import RunConfig, build_plan  # lazy: the row engine loads at execute
 
-        from airflow_provider_glm.rows._plan import build_plan
-
-        return build_plan(self, context, api=api, price_required=price_required,
+        config = RunConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(RunConfig)})
+        return build_plan(config, self.hook, context, api=api, log=self.log, price_required=price_required,
                           discount=Decimal(1) if discount is None else discount)
 
     def finish(self, context: Context, run: RunPlan, *, api: str, budgets: Mapping[str, Any] | None = None) -> Any:
@@ -182,7 +192,7 @@ class GLMBaseOperator(BaseOperator):
     def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
         """OpenLineage: the tables ``source_sql`` read, the tables written, and a ``glm`` run facet (rows,
         tokens, cost). Called by ``apache-airflow-providers-openlineage`` when it is installed."""
-        from airflow_provider_glm.operators._lineage import operator_lineage
+        from airflow_provider_glm.operators._lineage import operator_lineage  # lazy: only OpenLineage calls this
 
         return operator_lineage(getattr(self, "_lineage", None))
 
@@ -190,8 +200,6 @@ class GLMBaseOperator(BaseOperator):
                     outcome: str) -> None:
         if run.sink is None:
             return
-        from airflow_provider_glm.rows._records import utcnow
-
         row = {**summary, **(budgets or {}), "operator": type(self).__name__, "api": api, "model": run.model,
                "state": outcome, "started_at": run.started_at, "ended_at": utcnow()}
         row.update(cost=run.state.spend.total_cost, unknown_cost_max=run.state.spend.unknown_cost_max,
@@ -202,8 +210,6 @@ class GLMBaseOperator(BaseOperator):
             self.log.warning("Could not write this try's summary to %s: %s", self.runs_table, exc)
 
     def _single_result(self, run: RunPlan) -> Any:
-        from airflow_provider_glm._compat import AirflowFailException
-
         state = run.state
         if state.fatal is not None:
             raise AirflowFailException(f"GLM refused the account: {state.fatal}") from state.fatal
@@ -214,9 +220,6 @@ class GLMBaseOperator(BaseOperator):
         return state.value(run.single.key)
 
     def _row_result(self, context: Context, run: RunPlan, summary: dict[str, Any]) -> Any:
-        from airflow_provider_glm._compat import AirflowFailException
-        from airflow_provider_glm.exceptions import GLMRowsFailedError
-
         state = run.state
         if self.do_xcom_push:
             context["ti"].xcom_push(key="usage", value=summary)
@@ -243,9 +246,6 @@ class GLMBaseOperator(BaseOperator):
     def _raise_if_stopped(state: RunState) -> None:
         """Fail for a budget (no retry: the budget counts every try), a timeout, an unreachable endpoint or a
         bad input row."""
-        from airflow_provider_glm._compat import AirflowFailException, AirflowTaskTimeout
-        from airflow_provider_glm.exceptions import GLMBudgetExceededError, GLMEndpointUnreachableError
-
         if state.stopped is None:
             return
         kind, reason = state.stopped
@@ -269,8 +269,9 @@ class GLMBaseOperator(BaseOperator):
         return values
 
 
-def _lineage_info(run: RunPlan, summary: dict[str, Any]) -> Any:
+def _lineage_info(run: RunPlan, summary: dict[str, Any]) -> LineageInfo:
     """What OpenLineage will be told about this run (cheap: no parsing until it asks)."""
+    # lazy, like every engine import here: DAG files import operators on every parse
     from airflow_provider_glm.operators._lineage import LineageInfo, dataset_namespace, table_name
     from airflow_provider_glm.rows._sources import QueryRows
 

@@ -31,16 +31,20 @@ Example::
 from __future__ import annotations
 
 import time
+from datetime import timedelta
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_glm._compat import conf
+from airflow_provider_glm._compat import AirflowFailException, conf
 from airflow_provider_glm._event_loop import run_in_task
+from airflow_provider_glm.exceptions import GLMError
 from airflow_provider_glm.operators.base import GLMBaseOperator
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
+    from airflow_provider_glm.client._client import AsyncGLMClient
+    from airflow_provider_glm.rows._batch_jobs import BatchJobs
     from airflow_provider_glm.rows._plan import RunPlan
 
 __all__ = ["GLMBatchOperator"]
@@ -108,8 +112,6 @@ class GLMBatchOperator(GLMBaseOperator):
 
     def execute_complete(self, context: Context, event: Any) -> Any:
         """Resume after the trigger: write every batch's results and finish like the chat operator."""
-        from airflow_provider_glm._compat import AirflowFailException
-
         if not isinstance(event, dict) or event.get("status") not in EVENT_STATUSES:
             raise RuntimeError(f"the GLM batch trigger sent an unexpected event: {event!r}")
         if event["status"] == "error":
@@ -123,8 +125,6 @@ class GLMBatchOperator(GLMBaseOperator):
     def on_kill(self) -> None:
         if not (self.cancel_on_kill and self._batch_ids):
             return
-        from airflow_provider_glm.exceptions import GLMError
-
         for batch_id in self._batch_ids:
             try:
                 self.hook.cancel_batch(batch_id)
@@ -135,9 +135,18 @@ class GLMBatchOperator(GLMBaseOperator):
     # --- phases ------------------------------------------------------------------------------------------
 
     def _plan(self, context: Context) -> RunPlan:
-        from airflow_provider_glm.rows._pricing import BATCH_DISCOUNT
+        from airflow_provider_glm.rows._pricing import BATCH_DISCOUNT  # lazy: DAG files import operators on every parse
 
         return self.plan(context, api="batch", price_required=self.max_cost is not None, discount=BATCH_DISCOUNT)
+
+    def _jobs(self, context: Context, run: RunPlan, client: AsyncGLMClient) -> BatchJobs:
+        """The batch engine for one phase, given this operator's limits (never the operator itself)."""
+        from airflow_provider_glm.rows._batch_jobs import BatchJobs, BatchLimits  # lazy: the engine loads at execute
+
+        limits = BatchLimits(completion_window=self.completion_window, max_lines_per_file=self.max_lines_per_file,
+                             max_bytes_per_file=self.max_bytes_per_file, max_total_tokens=self.max_total_tokens,
+                             max_cost=self.max_cost, reuse_unchanged=self.reuse_unchanged)
+        return BatchJobs(limits, run, client, store=context.get("task_state_store"), log=self.log)
 
     async def _start(self, context: Context, run: RunPlan) -> list[str]:
         """Settle, re-attach, check the budget, submit; return the batches to wait for.
@@ -145,10 +154,8 @@ class GLMBatchOperator(GLMBaseOperator):
         Answers of earlier tries' finished batches are recorded first; rows a running batch holds are not
         submitted again; the rest (never submitted, or failed in a finished batch) go in a new batch.
         """
-        from airflow_provider_glm.rows._batch_jobs import BatchJobs
-
         async with run.hook.get_async_client() as client:
-            jobs = BatchJobs(self, context, run, client)
+            jobs = self._jobs(context, run, client)
             todo = await jobs.settle()
             earlier = await jobs.earlier() if todo else []
             running = [b for b in earlier if not b.terminal]
@@ -181,9 +188,9 @@ class GLMBatchOperator(GLMBaseOperator):
         return time.time() + (started + timeout - min(5.0, 0.1 * timeout) - time.monotonic())
 
     def _defer(self, batch_ids: list[str], started: float) -> None:
-        from datetime import timedelta
-
-        from airflow_provider_glm.triggers.batch import GLMBatchTrigger
+        from airflow_provider_glm.triggers.batch import (
+            GLMBatchTrigger,  # lazy: DAG files import operators on every parse
+        )
 
         end_time = self._end_time(started)
         trigger = GLMBatchTrigger(batch_ids, self.glm_conn_id, self.poll_interval, end_time=end_time,
@@ -194,7 +201,7 @@ class GLMBatchOperator(GLMBaseOperator):
 
     async def _wait(self, batch_ids: list[str], end_time: float | None) -> str | None:
         """Poll in the task until every batch is terminal; at ``end_time`` cancel them and say why."""
-        from airflow_provider_glm.triggers.batch import BatchesTimedOut, wait_for_batches
+        from airflow_provider_glm.triggers.batch import BatchesTimedOut, wait_for_batches  # lazy: as in _defer
 
         async with self.hook.get_async_client() as client:
             try:
@@ -207,13 +214,11 @@ class GLMBatchOperator(GLMBaseOperator):
 
     def _collect(self, context: Context, *, reason: str | None) -> Any:
         """Write every result of this task instance's batches and finish (a fresh plan: may run after deferral)."""
-        from airflow_provider_glm.rows._batch_jobs import BatchJobs
-
         run = self._plan(context)
 
         async def collect() -> None:
             async with run.hook.get_async_client() as client:
-                jobs = BatchJobs(self, context, run, client)
+                jobs = self._jobs(context, run, client)
                 todo = await jobs.settle()
                 batches = await jobs.earlier() if todo else []
                 await jobs.record(batches, reason=reason)

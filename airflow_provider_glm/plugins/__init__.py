@@ -7,3 +7,5 @@
 (:mod:`~airflow_provider_glm.plugins._svg_chart`) are imported only by the API server, when it
 mounts the app.
 """
+
+__all__: list[str] = []

@@ -43,6 +43,6 @@ class GLMSpendPlugin(AirflowPlugin):
     @cached_property
     def fastapi_apps(self) -> list[dict[str, Any]]:  # type: ignore[override]
         """The page's FastAPI app, built on first read (only the API server reads it)."""
-        from airflow_provider_glm.plugins._app import create_app
+        from airflow_provider_glm.plugins._app import create_app  # lazy: every Airflow process loads this plugin
 
         return [{"app": create_app(), "url_prefix": URL_PREFIX, "name": "GLM spend"}]

@@ -11,24 +11,24 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+from dataclasses import dataclass
 from decimal import Decimal
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from airflow_provider_glm.client import _calls as calls
+from airflow_provider_glm.client._error_codes import rule_for_code
 from airflow_provider_glm.exceptions import GLMError
 from airflow_provider_glm.rows import _outcomes as outcomes
 from airflow_provider_glm.rows._runner import settle
 
 if TYPE_CHECKING:
-    from airflow.sdk import Context
-
     from airflow_provider_glm.client._calls import Batch
     from airflow_provider_glm.client._client import AsyncGLMClient
-    from airflow_provider_glm.operators.batch import GLMBatchOperator
     from airflow_provider_glm.rows._plan import RunPlan
     from airflow_provider_glm.rows._rendering import PreparedRequest
 
-__all__ = ["LOOKUP_PAGES", "STATE_KEY", "BatchJobs"]
+__all__ = ["LOOKUP_PAGES", "STATE_KEY", "BatchJobs", "BatchLimits"]
 
 STATE_KEY = "glm_batch_ids"
 """Task state store key holding the batch ids of this task instance."""
@@ -36,19 +36,44 @@ LOOKUP_PAGES = 5
 """Pages of 100 newest batches searched for this task instance's metadata on every try."""
 
 
+@dataclass(frozen=True)
+class BatchLimits:
+    """The batch operator's limits, as the engine reads them (each is the operator parameter of that name).
+
+    :param completion_window: the batches' completion window.
+    :param max_lines_per_file: lines per uploaded file.
+    :param max_bytes_per_file: bytes per uploaded file.
+    :param max_total_tokens: refuse to submit rows whose upper-bound tokens would pass this.
+    :param max_cost: the same for cost at batch prices.
+    :param reuse_unchanged: answer a row from an earlier run's identical request instead of submitting it.
+    """
+
+    completion_window: str
+    max_lines_per_file: int
+    max_bytes_per_file: int
+    max_total_tokens: int | None = None
+    max_cost: Decimal | None = None
+    reuse_unchanged: bool = True
+
+
 class BatchJobs:
     """One phase of a batch run (before deferring, or after).
 
-    :param op: the operator (its file limits, completion window, budgets).
+    :param limits: file limits, completion window, budgets.
     :param run: the validated run.
     :param client: the async client every call goes through.
+    :param store: Airflow's task state store (``context["task_state_store"]``), where batch ids are kept;
+        ``None`` where the Airflow version has none.
+    :param log: the task's logger.
     """
 
-    def __init__(self, op: GLMBatchOperator, context: Context, run: RunPlan, client: AsyncGLMClient) -> None:
-        self.op = op
-        self.context = context
+    def __init__(self, limits: BatchLimits, run: RunPlan, client: AsyncGLMClient, *, store: Any = None,
+                 log: Any = None) -> None:
+        self.limits = limits
         self.run = run
         self.client = client
+        self.store = store
+        self.log = log or logging.getLogger(__name__)
         self.requests: dict[str, PreparedRequest] = {}
         """Rows that still need an outcome in this phase."""
         self.answered: set[str] = set()
@@ -63,8 +88,7 @@ class BatchJobs:
         todo: list[PreparedRequest] = []
         try:
             while run.state.stopped is None and (chunk := await asyncio.to_thread(next, chunks, None)) is not None:
-                todo += await settle(chunk, rules=run.rules, state=run.state, writer=run.writer, sink=run.sink,
-                                     reuse=self.op.reuse_unchanged,
+                todo += await settle(chunk, run, reuse=self.limits.reuse_unchanged,
                                      since=None if run.source.in_memory else run.started_at)
         except ValueError as exc:
             run.state.stop("input", f"not sent: {exc}")
@@ -103,7 +127,7 @@ class BatchJobs:
                     raise GLMError("the batch names no input file")
                 content = await self.client.call(calls.file_content(batch.input_file_id))
             except GLMError as exc:
-                self.op.log.warning("Cannot read the rows of batch %s (%s); none of this run's rows is submitted "
+                self.log.warning("Cannot read the rows of batch %s (%s); none of this run's rows is submitted "
                                     "again while it runs.", batch.id, exc)
                 return set(self.requests)
             for line in content.splitlines():
@@ -112,16 +136,15 @@ class BatchJobs:
         return keys
 
     def _stored_ids(self) -> list[str]:
-        store = self.context.get("task_state_store")
-        value = store.get(STATE_KEY) if store is not None else None
+        value = self.store.get(STATE_KEY) if self.store is not None else None
         return [str(batch_id) for batch_id in value] if isinstance(value, list) else []
 
     # --- submitting -----------------------------------------------------------------------------------
 
     def check_budget(self, todo: list[PreparedRequest]) -> None:
         """Refuse to submit when the rows' upper-bound spend would pass a budget: they are recorded skipped."""
-        run, op = self.run, self.op
-        if op.max_total_tokens is None and op.max_cost is None:
+        run, limits = self.run, self.limits
+        if limits.max_total_tokens is None and limits.max_cost is None:
             return
         spent = run.state.total_spend
         tokens, cost, priced = spent.tokens_bound, spent.cost_bound or Decimal(0), True
@@ -131,12 +154,13 @@ class BatchJobs:
             priced = priced and row_cost is not None
             cost += row_cost or Decimal(0)
         reason = None
-        if op.max_total_tokens is not None and tokens > op.max_total_tokens:
+        if limits.max_total_tokens is not None and tokens > limits.max_total_tokens:
             reason = (f"not sent: these {len(todo)} rows could bill up to {tokens} tokens (prompt bound plus "
-                      f"max_tokens each, with what earlier tries spent), above max_total_tokens={op.max_total_tokens}")
-        elif op.max_cost is not None and (not priced or cost > op.max_cost):
+                      f"max_tokens each, with what earlier tries spent), above "
+                      f"max_total_tokens={limits.max_total_tokens}")
+        elif limits.max_cost is not None and (not priced or cost > limits.max_cost):
             reason = (f"not sent: these {len(todo)} rows could cost up to {cost:.6f} at batch prices (with what "
-                      f"earlier tries spent), above max_cost={op.max_cost}")
+                      f"earlier tries spent), above max_cost={limits.max_cost}")
         if reason is not None:
             run.state.stop("budget", reason)
 
@@ -148,14 +172,13 @@ class BatchJobs:
             file = await self.client.call(calls.upload_file(content, f"{self.run.scope.task_id}-{number}.jsonl"))
             batch = await self._create(file.id, metadata)
             created.append(batch)
-            store = self.context.get("task_state_store")
-            if store is not None:
-                store.set(STATE_KEY, [*self._stored_ids(), batch.id])
-            self.op.log.info("Created GLM batch %s (%d bytes of requests).", batch.id, len(content))
+            if self.store is not None:
+                self.store.set(STATE_KEY, [*self._stored_ids(), batch.id])
+            self.log.info("Created GLM batch %s (%d bytes of requests).", batch.id, len(content))
         return created
 
     async def _create(self, file_id: str, metadata: dict[str, str]) -> Batch:
-        call = calls.create_batch(file_id, metadata=metadata, completion_window=self.op.completion_window)
+        call = calls.create_batch(file_id, metadata=metadata, completion_window=self.limits.completion_window)
         try:
             return await self.client.call(call)
         except GLMError as exc:
@@ -163,7 +186,7 @@ class BatchJobs:
                 raise
             for batch in await self.earlier():
                 if batch.input_file_id == file_id:
-                    self.op.log.warning("Creating the batch lost its answer, but batch %s holds the file: using it.",
+                    self.log.warning("Creating the batch lost its answer, but batch %s holds the file: using it.",
                                         batch.id)
                     return batch
             raise GLMError(f"{exc.message}; the batch may still have been created: a retry of this task finds it by "
@@ -178,7 +201,8 @@ class BatchJobs:
         for request in todo:
             key = json.dumps(request.key).encode()
             line = b'{"custom_id":' + key + b"," + head + b',"body":' + request.body + b"}\n"
-            if lines and (len(lines) >= self.op.max_lines_per_file or size + len(line) > self.op.max_bytes_per_file):
+            limits = self.limits
+            if lines and (len(lines) >= limits.max_lines_per_file or size + len(line) > limits.max_bytes_per_file):
                 files.append(b"".join(lines))
                 lines, size = [], 0
             lines.append(line)
@@ -196,8 +220,6 @@ class BatchJobs:
         in a later one ends ``ok``. A batch that says it completed more requests than its output holds
         gets a ``billing='unknown'`` ledger entry for the difference.
         """
-        from airflow_provider_glm.client._error_codes import rule_for_code
-
         run = self.run
         errors: list[tuple[str, str, str | None]] = []
         for batch in batches:
@@ -248,5 +270,4 @@ class BatchJobs:
         await self._record(outcomes.skipped(self.run.rules, key, reason))
 
     async def _record(self, outcome: outcomes.Outcome) -> None:
-        self.run.state.add(outcome)
-        self.run.writer.add(outcome)
+        self.run.record(outcome)

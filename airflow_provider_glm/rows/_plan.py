@@ -7,30 +7,81 @@ table names, output columns, price requirements, the export path.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
+from airflow.sdk import BaseHook
+from pydantic import TypeAdapter, ValidationError
+
+from airflow_provider_glm.rows._outcomes import Outcome, OutcomeRules
+from airflow_provider_glm.rows._pricing import Pricer, PriceTable
+from airflow_provider_glm.rows._records import RunScope, utcnow
+from airflow_provider_glm.rows._rendering import (
+    MessageTemplate,
+    PreparedRequest,
+    RequestBuilder,
+    Row,
+    normalize_rows,
+    prompt_messages,
+)
+from airflow_provider_glm.rows._sources import PreparedRows, QueryRows, RequestChunks, prepare_all
+from airflow_provider_glm.rows._state import RunState, spend_from_rows
+from airflow_provider_glm.rows._structured_output import OutputSpec
+from airflow_provider_glm.rows._writer import RecordWriter
+from airflow_provider_glm.sinks._objectstorage import JSONLResultsExport
+from airflow_provider_glm.sinks.sql._sink import SQLSink
+from airflow_provider_glm.sinks.sql._tables import output_column_defs
+
 if TYPE_CHECKING:
+    import datetime
+
     from airflow.sdk import Context
 
     from airflow_provider_glm.hooks.glm import GLMHook
-    from airflow_provider_glm.operators.base import GLMBaseOperator
-    from airflow_provider_glm.rows._outcomes import OutcomeRules
-    from airflow_provider_glm.rows._records import RunScope
-    from airflow_provider_glm.rows._rendering import PreparedRequest, RequestBuilder
-    from airflow_provider_glm.rows._sources import PreparedRows, RequestChunks
-    from airflow_provider_glm.rows._state import RunState
-    from airflow_provider_glm.rows._structured_output import OutputSpec
-    from airflow_provider_glm.rows._writer import RecordWriter
-    from airflow_provider_glm.sinks._objectstorage import JSONLResultsExport
-    from airflow_provider_glm.sinks.sql._sink import SQLSink
 
-__all__ = ["SINGLE_ROW_KEY", "RunPlan", "build_plan"]
+__all__ = ["SINGLE_ROW_KEY", "RunConfig", "RunPlan", "build_plan"]
 
 SINGLE_ROW_KEY = "single"
 """The row key of a single-mode request in the results table."""
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """An operator's parameters after templating: everything a run is built from.
+
+    Each field is the operator parameter of the same name (``docs/operator.md``); ``row_mode`` says
+    whether ``rows`` or ``source_sql`` was given when the operator was built.
+    """
+
+    prompt: str | None
+    system_prompt: str | None
+    messages: Any
+    model: str | None
+    request_params: Any
+    rows: Any
+    columns: Sequence[str] | None
+    row_key: str | None
+    source_sql: str | None
+    source_conn_id: str | None
+    source_chunk_size: int
+    output_schema: Any
+    output_mode: str
+    output_columns: bool
+    sql_conn_id: str | None
+    sqlalchemy_url: str | None
+    results_table: str
+    usage_table: str
+    runs_table: str
+    latest_table: str | None
+    prices: Mapping[str, Mapping[str, Any]] | None
+    max_xcom_rows: int
+    fail_on_truncation: bool
+    write_timeout: float
+    output_path: str | None
+    output_conn_id: str | None
+    row_mode: bool
 
 
 @dataclass
@@ -51,64 +102,68 @@ class RunPlan:
     """The one request (single mode)."""
     export: JSONLResultsExport | None = None
     output_path: str | None = None
-    started_at: Any = None
-    extras: dict[str, Any] = field(default_factory=dict)
+    started_at: datetime.datetime | None = None
+    outcome: Outcome | None = None
+    """Single mode: the request's outcome, once there is one."""
+    stored: Mapping[str, Any] | None = None
+    """Single mode: the result an earlier try stored, when the request is resumed from it."""
 
     @property
     def scope(self) -> RunScope:
         return self.rules.scope
 
+    def record(self, outcome: Outcome) -> None:
+        """Count a row's outcome and buffer its records: the one way every path records an outcome
+        (``await self.writer.flush()`` then writes it)."""
+        self.state.add(outcome)
+        self.writer.add(outcome)
 
-def build_plan(op: GLMBaseOperator, context: Context, *, api: str, price_required: bool = False,
-               discount: Decimal = Decimal(1)) -> RunPlan:
+
+def build_plan(config: RunConfig, hook: GLMHook, context: Context, *, api: str, log: Any,
+               price_required: bool = False, discount: Decimal = Decimal(1)) -> RunPlan:
     """Validate an operator's parameters and set up its run; no API call happens here.
 
+    :param config: the operator's parameters.
+    :param hook: the ``glm`` connection's hook.
     :param api: ``online``, ``async`` or ``batch`` (recorded in the ledger).
+    :param log: the task's logger.
     :param price_required: refuse a model the price table does not know (cost budgets need it).
     :param discount: price multiplier of the API used (0.5 for batch).
     """
-    from airflow_provider_glm.rows._outcomes import OutcomeRules
-    from airflow_provider_glm.rows._pricing import Pricer, PriceTable
-    from airflow_provider_glm.rows._records import RunScope, utcnow
-    from airflow_provider_glm.rows._rendering import MessageTemplate, RequestBuilder, prompt_messages
-    from airflow_provider_glm.rows._state import RunState, spend_from_rows
-    from airflow_provider_glm.rows._structured_output import OutputSpec
-    from airflow_provider_glm.rows._writer import RecordWriter
-
     started_at = utcnow()
-    params = _request_params(op.request_params)
-    hook = op.hook
-    model = op.model or hook.settings.model
-    output = OutputSpec(params.get("response_format"), op.output_schema, mode=op.output_mode)
+    params = _request_params(config.request_params)
+    model = config.model or hook.settings.model
+    output = OutputSpec(params.get("response_format"), config.output_schema, mode=config.output_mode)
     params = output.request_params(params)
-    messages = _with_instruction(prompt_messages(op.prompt, op.system_prompt, op.messages), output.instruction())
-    if op.row_mode and "request_id" in params:
+    messages = _with_instruction(prompt_messages(config.prompt, config.system_prompt, config.messages),
+                                 output.instruction())
+    if config.row_mode and "request_id" in params:
         raise ValueError("request_params.request_id would repeat on every row (GLM refuses duplicates, 1231)")
-    if op.row_mode:
+    if config.row_mode:
         builder = RequestBuilder(model, params, template=MessageTemplate(messages, context))
     else:
         builder = RequestBuilder(model, params, messages=messages)
-    table = PriceTable.default().with_overrides(hook.settings.prices).with_overrides(op.prices)
+    table = PriceTable.default().with_overrides(hook.settings.prices).with_overrides(config.prices)
     if price_required and table.lookup(model) is None:
         raise ValueError(f"max_cost needs a price for model {model!r}, which the price table lacks; "
                          "add it with `prices`")
-    prepared, single = _rows(op, builder)
+    prepared, single = _rows(config, builder)
     source: RequestChunks | None = prepared
-    export = _export(op)
-    sink = _sink(op, output, row_count=len(prepared) if prepared is not None else None)
-    if op.source_sql is not None:
-        source = _query_rows(op, builder, sink)
+    export = _export(config)
+    sink = _sink(config, output, row_count=len(prepared) if prepared is not None else None, log=log)
+    if config.source_sql is not None:
+        source = _query_rows(config, builder, sink)
     ti = context["ti"]
     scope = RunScope(ti.dag_id, ti.task_id, ti.run_id, ti.map_index if ti.map_index is not None else -1,
                      logical_date=context.get("logical_date"))
     try_number = ti.try_number or 1
-    pricer = Pricer(table, model, discount, log=op.log)
+    pricer = Pricer(table, model, discount, log=log)
     rules = OutcomeRules(scope=scope, try_number=try_number, model=model, api=api, output=output, pricer=pricer,
-                         max_tokens=builder.max_tokens, fail_on_truncation=op.fail_on_truncation)
+                         max_tokens=builder.max_tokens, fail_on_truncation=config.fail_on_truncation)
     spent_before = spend_from_rows(sink.spent(scope)) if sink is not None else None
-    state = RunState(keep_values=op.max_xcom_rows, spent_before=spent_before)
-    writer = RecordWriter(sink, write_timeout=op.write_timeout, keep_records=export is not None and sink is None,
-                          log=op.log)
+    state = RunState(keep_values=config.max_xcom_rows, spent_before=spent_before)
+    writer = RecordWriter(sink, write_timeout=config.write_timeout, keep_records=export is not None and sink is None,
+                          log=log)
     return RunPlan(hook, model, builder, output, rules, state, writer, sink, source, single, export,
                    started_at=started_at)
 
@@ -122,8 +177,6 @@ def _request_params(request_params: Any) -> dict[str, Any]:
         raise ValueError(f"request_params cannot set {clashing}: use the operator's own `model`, `prompt` or "
                          "`messages` parameters")
     if "stream" in params:
-        from pydantic import TypeAdapter, ValidationError
-
         try:
             stream = TypeAdapter(bool | None).validate_python(params.pop("stream"))
         except ValidationError:
@@ -143,34 +196,27 @@ def _with_instruction(messages: list[dict[str, Any]], instruction: str | None) -
     return [{"role": "system", "content": instruction}, *messages]
 
 
-def _rows(op: GLMBaseOperator, builder: RequestBuilder) -> tuple[PreparedRows | None, PreparedRequest | None]:
-    from airflow_provider_glm.rows._rendering import Row, normalize_rows
-    from airflow_provider_glm.rows._sources import PreparedRows, prepare_all
-
-    if not op.row_mode:
+def _rows(config: RunConfig, builder: RequestBuilder) -> tuple[PreparedRows | None, PreparedRequest | None]:
+    if not config.row_mode:
         return None, builder.build(Row(SINGLE_ROW_KEY, {}))
-    if op.source_sql is not None:
-        if op.rows is not None:
+    if config.source_sql is not None:
+        if config.rows is not None:
             raise ValueError("give `rows` or `source_sql`, not both")
         return None, None
-    rows = normalize_rows(op.rows, op.columns, op.row_key)
-    return PreparedRows(prepare_all(rows, builder), chunk_size=op.source_chunk_size), None
+    rows = normalize_rows(config.rows, config.columns, config.row_key)
+    return PreparedRows(prepare_all(rows, builder), chunk_size=config.source_chunk_size), None
 
 
-def _query_rows(op: GLMBaseOperator, builder: RequestBuilder, sink: SQLSink | None) -> RequestChunks:
-    from airflow.sdk import BaseHook
-
-    from airflow_provider_glm.rows._sources import QueryRows
-
+def _query_rows(config: RunConfig, builder: RequestBuilder, sink: SQLSink | None) -> RequestChunks:
     if sink is None:
         raise ValueError("source_sql streams rows that may not fit in XCom: set sql_conn_id or sqlalchemy_url "
                          "for the results")
-    if op.source_conn_id:
-        engine = _engine_of(BaseHook.get_connection(op.source_conn_id), op.source_conn_id)
+    if config.source_conn_id:
+        engine = _engine_of(BaseHook.get_connection(config.source_conn_id), config.source_conn_id)
     else:
         engine = sink.engine
-    return QueryRows(engine, op.source_sql or "", builder, row_key=op.row_key or "",
-                     chunk_size=op.source_chunk_size)
+    return QueryRows(engine, config.source_sql or "", builder, row_key=config.row_key or "",
+                     chunk_size=config.source_chunk_size)
 
 
 def _engine_of(conn: Any, conn_id: str) -> Any:
@@ -181,45 +227,39 @@ def _engine_of(conn: Any, conn_id: str) -> Any:
     return engine()
 
 
-def _export(op: GLMBaseOperator) -> JSONLResultsExport | None:
-    if not op.output_path:
+def _export(config: RunConfig) -> JSONLResultsExport | None:
+    if not config.output_path:
         return None
-    from airflow_provider_glm.sinks._objectstorage import JSONLResultsExport
-
-    export = JSONLResultsExport(op.output_path, op.output_conn_id)
+    export = JSONLResultsExport(config.output_path, config.output_conn_id)
     export.validate()
     return export
 
 
-def _sink(op: GLMBaseOperator, output: OutputSpec, row_count: int | None) -> SQLSink | None:
+def _sink(config: RunConfig, output: OutputSpec, row_count: int | None, log: Any) -> SQLSink | None:
     """Build and check the SQL sink before any API call (names, tables and output columns checked here)."""
-    from airflow.sdk import BaseHook
-
-    from airflow_provider_glm.sinks.sql._sink import SQLSink
-    from airflow_provider_glm.sinks.sql._tables import output_column_defs
-
     columns = []
-    if op.output_columns:
+    if config.output_columns:
         if output.json_schema is None:
             raise ValueError("output_columns=True needs an output_schema")
         columns = output_column_defs(output.json_schema)
-    tables: dict[str, Any] = {"results_table": op.results_table, "usage_table": op.usage_table,
-                              "runs_table": op.runs_table, "latest_table": op.latest_table, "output_columns": columns}
-    if op.sqlalchemy_url:
-        sink = SQLSink.from_url(op.sqlalchemy_url, **tables)
-    elif op.sql_conn_id:
-        sink = SQLSink(_engine_of(BaseHook.get_connection(op.sql_conn_id), op.sql_conn_id), **tables)
+    tables: dict[str, Any] = {"results_table": config.results_table, "usage_table": config.usage_table,
+                              "runs_table": config.runs_table, "latest_table": config.latest_table,
+                              "output_columns": columns}
+    if config.sqlalchemy_url:
+        sink = SQLSink.from_url(config.sqlalchemy_url, **tables)
+    elif config.sql_conn_id:
+        sink = SQLSink(_engine_of(BaseHook.get_connection(config.sql_conn_id), config.sql_conn_id), **tables)
     else:
-        if op.output_columns:
+        if config.output_columns:
             raise ValueError("output_columns=True writes typed columns: set sql_conn_id or sqlalchemy_url")
-        if row_count is not None and row_count > op.max_xcom_rows:
+        if row_count is not None and row_count > config.max_xcom_rows:
             raise ValueError(
-                f"{row_count} rows exceed max_xcom_rows={op.max_xcom_rows} and no SQL sink is set: "
+                f"{row_count} rows exceed max_xcom_rows={config.max_xcom_rows} and no SQL sink is set: "
                 "results would not fit in XCom. Set sql_conn_id or sqlalchemy_url."
             )
         return None
     try:
-        sink.ensure_tables(log=op.log)
+        sink.ensure_tables(log=log)
     except BaseException:
         sink.dispose()
         raise

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from airflow_provider_glm._compat import AirflowTaskTimeout
 from airflow_provider_glm.client.models import build_chat_request, encode_body
 
 __all__ = ["MessageTemplate", "PreparedRequest", "RequestBuilder", "Row", "make_row", "normalize_rows",
@@ -197,8 +198,6 @@ class MessageTemplate:
             try:
                 text = template.render(variables)
             except Exception as exc:  # noqa: BLE001 - any template error is this row's input error
-                from airflow_provider_glm._compat import AirflowTaskTimeout
-
                 if isinstance(exc, AirflowTaskTimeout):  # the task's alarm, not the row's fault
                     raise
                 # A filter or an operator on the row's data (``format`` of a NULL, a division by zero)

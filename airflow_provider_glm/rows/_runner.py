@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
+from airflow_provider_glm.client._calls import get_async_result, submit_async_chat
 from airflow_provider_glm.exceptions import GLMError
 from airflow_provider_glm.rows import _outcomes as outcomes
 from airflow_provider_glm.rows._sources import InputError
@@ -30,11 +31,10 @@ if TYPE_CHECKING:
     from airflow_provider_glm.client.models import ChatCompletion
     from airflow_provider_glm.rows._concurrency import AdaptiveLimit, CircuitBreaker
     from airflow_provider_glm.rows._outcomes import Outcome, OutcomeRules
+    from airflow_provider_glm.rows._plan import RunPlan
     from airflow_provider_glm.rows._rendering import PreparedRequest
     from airflow_provider_glm.rows._sources import RequestChunks
     from airflow_provider_glm.rows._state import RunState
-    from airflow_provider_glm.rows._writer import RecordWriter
-    from airflow_provider_glm.sinks.sql._sink import SQLSink
 
 __all__ = ["RowRunner", "RunLimits", "settle", "warn_if_truncated"]
 
@@ -65,27 +65,24 @@ class RunLimits:
 class RowRunner:
     """Runs one task try's rows to completion.
 
-    :param clients: async clients, each shared by a group of workers (owned by the caller). httpx's pool
-        scans every connection per request, so several small pools beat one large one.
+    :param run: the validated run (its rules, state, writer and sink).
+    :param clients: async clients, each shared by a group of workers (owned by the caller).
     :param workers: how many workers (the most rows that can ever be in flight).
     :param limit: the adaptive limit the workers take slots from.
     :param breaker: stops sending when the endpoint cannot be reached.
-    :param since: when this process's run started (a row it wrote since then and reads again is a duplicate).
     """
 
-    def __init__(self, *, clients: Sequence[AsyncGLMClient], workers: int, rules: OutcomeRules, state: RunState,
-                 writer: RecordWriter, sink: SQLSink | None, limits: RunLimits, limit: AdaptiveLimit,
-                 breaker: CircuitBreaker, since: datetime.datetime, log: Any = None) -> None:
+    def __init__(self, *, run: RunPlan, clients: Sequence[AsyncGLMClient], workers: int, limits: RunLimits,
+                 limit: AdaptiveLimit, breaker: CircuitBreaker, log: Any = None) -> None:
+        self.run_plan = run
         self.clients = clients
         self.workers = workers
-        self.rules = rules
-        self.state = state
-        self.writer = writer
-        self.sink = sink
+        self.rules = run.rules
+        self.state = run.state
+        self.writer = run.writer
         self.limits = limits
         self.limit = limit
         self.breaker = breaker
-        self.since = since
         self.log = log or logging.getLogger(__name__)
         self._started = time.monotonic()
         self._logged_changes = 0
@@ -145,8 +142,9 @@ class RowRunner:
             await loop.run_in_executor(self._reader, source.close)
 
     async def _settle(self, chunk: list[PreparedRequest]) -> list[PreparedRequest]:
-        return await settle(chunk, rules=self.rules, state=self.state, writer=self.writer, sink=self.sink,
-                            reuse=self.limits.reuse_unchanged, since=None if self._in_memory else self.since)
+        run = self.run_plan
+        return await settle(chunk, run, reuse=self.limits.reuse_unchanged,
+                            since=None if self._in_memory else run.started_at)
 
     # --- sending rows ----------------------------------------------------------------------------------
 
@@ -185,7 +183,7 @@ class RowRunner:
             try:
                 outcome = await self._send(client, request)
                 # counted before the slot is freed, so the worker that takes it sees this row's spend
-                self._record_now(outcome)
+                self.run_plan.record(outcome)
             finally:
                 self.limit.release()
             await self.writer.flush()
@@ -206,19 +204,13 @@ class RowRunner:
                              request.key, completion.id)
         return outcomes.answered(self.rules, request, completion)
 
-    def _record_now(self, outcome: Outcome) -> None:
-        self.state.add(outcome)
-        self.writer.add(outcome)
-
     async def _record(self, outcome: Outcome) -> None:
-        self._record_now(outcome)
+        self.run_plan.record(outcome)
         await self.writer.flush()
 
     async def _ask(self, client: AsyncGLMClient, request: PreparedRequest) -> ChatCompletion:
         if self.limits.api != "async":
             return await client.send_chat(request.body, deadline=self.limits.deadline)
-        from airflow_provider_glm.client._calls import get_async_result, submit_async_chat
-
         deadline = self.limits.deadline
         task, submitted = await client.call_with_info(submit_async_chat(request.body), deadline=deadline)
         while task.task_status == "PROCESSING":
@@ -256,8 +248,8 @@ class RowRunner:
         self.log.info(state.progress_line(final=final, rate=rate, eta=eta, extra=extra))
 
 
-async def settle(chunk: list[PreparedRequest], *, rules: OutcomeRules, state: RunState, writer: RecordWriter,
-                 sink: SQLSink | None, reuse: bool, since: datetime.datetime | None) -> list[PreparedRequest]:
+async def settle(chunk: list[PreparedRequest], run: RunPlan, *, reuse: bool,
+                 since: datetime.datetime | None) -> list[PreparedRequest]:
     """Record the rows of ``chunk`` that need no call; return the others, in order.
 
     A row already ``ok`` in this task instance (an earlier try) is resumed: counted, not written again.
@@ -266,6 +258,7 @@ async def settle(chunk: list[PreparedRequest], *, rules: OutcomeRules, state: Ru
     checked before any call), a row key seen twice (in this chunk, still being written, or written by this
     process at or after ``since``) stops the run (``input``).
     """
+    rules, state, writer, sink = run.rules, run.state, run.writer, run.sink
     state.saw(len(chunk))
     for request in chunk:
         state.order(request.key)
@@ -289,11 +282,9 @@ async def settle(chunk: list[PreparedRequest], *, rules: OutcomeRules, state: Ru
             break
         seen.add(request.key)
         if row is not None and row["status"] == "ok":
-            state.add(outcomes.resumed(rules, request.key, row))
+            run.record(outcomes.resumed(rules, request.key, row))
         elif request.key in earlier:
-            outcome = outcomes.reused(rules, request, earlier[request.key])
-            state.add(outcome)
-            writer.add(outcome)
+            run.record(outcomes.reused(rules, request, earlier[request.key]))
         else:
             send.append(request)
     await writer.flush()

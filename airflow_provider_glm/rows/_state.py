@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
+from airflow_provider_glm.exceptions import GLMError
 from airflow_provider_glm.rows._records import RowStatus
 
 if TYPE_CHECKING:
@@ -304,8 +305,6 @@ def _float(value: Decimal | None) -> float | None:
 def _describe(error: BaseException | None) -> str:
     if error is None:
         return "failed"
-    from airflow_provider_glm.exceptions import GLMError
-
     return f"{type(error).__name__}: {error}" if isinstance(error, GLMError) else str(error)
 
 

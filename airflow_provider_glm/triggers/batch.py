@@ -18,11 +18,16 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
+from airflow_provider_glm.client._calls import cancel_batch, retrieve_batch
+from airflow_provider_glm.exceptions import GLMError
+from airflow_provider_glm.hooks.glm import GLMHook
+from airflow_provider_glm.rows._outcomes import FATAL_ERRORS
+
 if TYPE_CHECKING:
     from airflow_provider_glm.client._calls import Batch
     from airflow_provider_glm.client._client import AsyncGLMClient
 
-__all__ = ["GLMBatchTrigger", "wait_for_batches"]
+__all__ = ["BatchesTimedOut", "GLMBatchTrigger", "wait_for_batches"]
 
 
 class BatchesTimedOut(Exception):
@@ -39,8 +44,6 @@ async def wait_for_batches(client: AsyncGLMClient, batch_ids: Sequence[str], pol
         and :class:`BatchesTimedOut` is raised.
     :param result: receives the last state of every batch.
     """
-    from airflow_provider_glm.client._calls import cancel_batch, retrieve_batch
-
     while True:
         batches = [await client.call(retrieve_batch(batch_id)) for batch_id in batch_ids]
         if result is not None:
@@ -91,9 +94,6 @@ class GLMBatchTrigger(BaseTrigger):
         )
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
-        from airflow_provider_glm.hooks.glm import GLMHook
-        from airflow_provider_glm.rows._outcomes import FATAL_ERRORS
-
         batches: list[Batch] = []
         try:
             hook = GLMHook(self.glm_conn_id)
@@ -115,10 +115,6 @@ class GLMBatchTrigger(BaseTrigger):
         """A user killed the deferred task: cancel its batches (best effort; Airflow 3.3 calls this)."""
         if not self.cancel_on_kill:
             return
-        from airflow_provider_glm.client._calls import cancel_batch
-        from airflow_provider_glm.exceptions import GLMError
-        from airflow_provider_glm.hooks.glm import GLMHook
-
         hook = GLMHook(self.glm_conn_id)
         await hook.aget_settings()
         async with hook.get_async_client(max_retries=1) as client:

@@ -1,0 +1,44 @@
+"""The base URL: checked once, before any key can travel to it.
+
+Kept apart from the HTTP stack so the connection form and the hook can check a URL without loading it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from urllib.parse import urlsplit
+
+__all__ = ["check_base_url", "endpoint_of"]
+
+
+def check_base_url(base_url: str, *, allow_insecure_http: bool = False) -> str:
+    """The base URL without a trailing slash, refused when it would send the key in plaintext off loopback.
+
+    :param allow_insecure_http: accept ``http://`` to a host other than loopback (a trusted in-cluster gateway).
+    :raises ValueError: not an http(s) URL, or plaintext to a non-loopback host without the opt-in.
+    """
+    url = base_url.rstrip("/")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"base_url must be an http(s) URL, got {url!r}")
+    if parts.scheme == "http" and not allow_insecure_http and not _is_loopback(parts.hostname):
+        raise ValueError(
+            f"base_url {url!r} would send the API key unencrypted to {parts.hostname}: use https://, or, for a "
+            "trusted in-cluster gateway, set the connection extra allow_insecure_http: true"
+        )
+    return url
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def endpoint_of(base_url: str) -> str:
+    """``host:port`` of a base URL, for messages about reaching it."""
+    parts = urlsplit(base_url)
+    return f"{parts.hostname}:{parts.port or (443 if parts.scheme == 'https' else 80)}"
