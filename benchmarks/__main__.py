@@ -118,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(work, ignore_errors=True)
     elapsed = time.perf_counter() - started
     plot_note = _plot(ctx, out.parent / PLOT_NAME)
-    out.write_text(_document(args, chosen, bodies, elapsed, plot_note), encoding="utf-8")
+    earlier = _earlier_sections(out.read_text(encoding="utf-8")) if out.exists() else {}
+    out.write_text(_document(args, chosen, bodies, elapsed, plot_note, earlier), encoding="utf-8")
     log(f"wrote {out} in {elapsed:.0f} s" + (f" with {len(ctx.errors)} error(s)" if ctx.errors else ""))
     return 1 if ctx.errors else 0
 
@@ -140,8 +141,21 @@ def _plot(ctx: Context, path: Path) -> str:
     return f"![Row throughput against the ideal C/L]({path.name})\n"
 
 
+def _earlier_sections(text: str) -> dict[str, str]:
+    """The sections of an earlier report, by key, so that ``--sections`` replaces only what it ran."""
+    found: dict[str, str] = {}
+    starts = [(text.find(f"{title}\n"), key) for key, title in TITLES.items()]
+    starts = sorted((pos, key) for pos, key in starts if pos >= 0)
+    for (pos, key), (end, _) in zip(starts, [*starts[1:], (len(text), "")], strict=True):
+        body = text[pos:end].rstrip() + "\n"
+        if "Not run in this invocation" not in body:
+            found[key] = body
+    return found
+
+
 def _document(
-    args: argparse.Namespace, chosen: list[str], bodies: dict[str, str], elapsed: float, plot_note: str
+    args: argparse.Namespace, chosen: list[str], bodies: dict[str, str], elapsed: float, plot_note: str,
+    earlier: dict[str, str] | None = None,
 ) -> str:
     cmd = " ".join(["python -m benchmarks", *(shlex.quote(a) for a in args.argv)])
     parts = [
@@ -165,11 +179,21 @@ def _document(
         "lower bounds).",
         "",
     ]
+    earlier = earlier or {}
+    kept = [key for key in SECTIONS if key not in chosen and key in earlier]
+    if kept:
+        parts += [f"Sections {', '.join(TITLES[k].split('.')[0].lstrip('# ') for k in kept)} were not run by this "
+                  "command (`--sections`): they are kept as an earlier run of `make bench` wrote them, each with "
+                  "the load it ran under.", ""]
     if plot_note:
         parts += [plot_note]
+    elif "throughput" in kept:
+        parts += [f"![Row throughput against the ideal C/L]({PLOT_NAME})\n"]
     for key in SECTIONS:
         if key in chosen:
             parts.append(bodies.get(key, f"{TITLES[key]}\n\nNo output.\n"))
+        elif key in earlier:
+            parts.append(earlier[key])
         else:
             parts.append(f"{TITLES[key]}\n\nNot run in this invocation (`--sections`).\n")
     return "\n".join(parts).rstrip() + "\n"
