@@ -82,6 +82,7 @@ def _spend_page_config() -> dict[str, Any]:
 
 _MODEL_SECTION = "Model and auth"
 _LIMITS_SECTION = "Timeouts and limits"
+_NETWORK_SECTION = "Network: proxy and TLS"
 
 
 def _conn_fields() -> dict[str, dict[str, Any]]:
@@ -92,6 +93,10 @@ def _conn_fields() -> dict[str, dict[str, Any]]:
 
     def number(label: str, section: str, bound: dict[str, Any], kind: str, description: str) -> dict[str, Any]:
         return {"label": label, "schema": {"type": [kind, "null"], **bound, "section": section},
+                "description": description}
+
+    def text(label: str, description: str) -> dict[str, Any]:
+        return {"label": label, "schema": {"type": ["string", "null"], "section": _NETWORK_SECTION},
                 "description": description}
 
     return {
@@ -139,5 +144,19 @@ def _conn_fields() -> dict[str, dict[str, Any]]:
             "description": "Accept an http:// Base URL that is not loopback (a trusted in-cluster gateway). "
                            "Empty: false, such a URL is refused because the key would travel unencrypted.",
         },
+        "proxy": text("Proxy URL", "http(s)://[user:password@]host:port of an HTTP proxy; wins over the environment. "
+                      "Empty: HTTPS_PROXY / HTTP_PROXY / ALL_PROXY (and NO_PROXY) when Trust environment is on."),
+        "trust_env": {
+            "label": "Trust environment",
+            "schema": {"type": ["boolean", "null"], "section": _NETWORK_SECTION},
+            "description": "Read HTTPS_PROXY, HTTP_PROXY, ALL_PROXY, NO_PROXY, SSL_CERT_FILE and SSL_CERT_DIR from "
+                           "the worker's environment. Empty: true.",
+        },
+        "ca_bundle": text("CA bundle", "Path of a PEM file of certificate authorities to trust instead of the "
+                          "default ones (a corporate TLS-inspecting proxy). Empty: the default trust store."),
+        "client_cert": text("Client certificate", "Path of a PEM client certificate (with its key, unless Client "
+                            "key is set), for gateways that require one. Empty: none."),
+        "client_key": text("Client key", "Path of the client certificate's PEM key. Empty: the key is in the "
+                           "client certificate file."),
     }
 

@@ -73,6 +73,8 @@ class GLMError(Exception):
         self.max_attempts: int | None = None
         self.request_sent = True
         """``False`` when the request never left (connection refused): nothing can have been billed."""
+        self.pool_wait = False
+        """``True`` when the attempt ended waiting for a free connection of the client's own pool (not sent)."""
         self.call_info: Any = None
         """How the failed call went (:class:`~airflow_provider_glm.client._core.CallInfo`), set by the client:
         its attempts, and how many of them may have been billed."""

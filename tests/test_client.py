@@ -58,7 +58,10 @@ def test_chat_completion(glm_server: GLMTestServer, mode: str) -> None:
     assert (answer.call_info.attempts, answer.call_info.unknown_billing_attempts) == (1, 0)
     request = glm_server.requests[0]
     assert (request.method, request.path) == ("POST", "/api/paas/v4/chat/completions")
-    assert request.body == {"model": "glm-4.5", "messages": MESSAGES}
+    # each attempt carries a fresh request_id, and the answer was checked to be that request's
+    sent = dict(request.body)
+    assert sent.pop("request_id") == answer.request_id == billed.request_id
+    assert sent == {"model": "glm-4.5", "messages": MESSAGES}
     assert request.headers["content-type"] == "application/json"
     assert request.headers["accept"] == "application/json"
 

@@ -38,6 +38,12 @@ def set_conn(glm_server: GLMTestServer, monkeypatch: pytest.MonkeyPatch) -> SetC
     return write
 
 
+def without_request_id(body: dict[str, Any]) -> dict[str, Any]:
+    """A request body as built, without the request_id the client stamps on each attempt."""
+    assert str(body.get("request_id", "")).startswith("glm-")
+    return {k: v for k, v in body.items() if k != "request_id"}
+
+
 def hook(**client_options: Any) -> GLMHook:
     sleeps: list[float] = client_options.pop("sleeps", [])
     return GLMHook(CONN_ID, client_options={"sleep": sleeps.append, **client_options})
@@ -59,7 +65,7 @@ def test_chat_completion_uses_model_from_extra(set_conn: SetConn, glm_server: GL
     answer = hook().chat_completion(MESSAGES)
     assert answer.content == "Summary: hello hook"
     assert answer.model == "glm-4.6"
-    assert glm_server.requests[0].body == {"model": "glm-4.6", "messages": MESSAGES}
+    assert without_request_id(glm_server.requests[0].body) == {"model": "glm-4.6", "messages": MESSAGES}
 
 
 def test_explicit_model_and_params_win(set_conn: SetConn, glm_server: GLMTestServer) -> None:
@@ -85,7 +91,7 @@ def test_stream_chat_completion(set_conn: SetConn, glm_server: GLMTestServer) ->
 def test_achat_completion(set_conn: SetConn, glm_server: GLMTestServer) -> None:
     answer = asyncio.run(hook().achat_completion(MESSAGES, max_tokens=50))
     assert answer.content == "Summary: hello hook"
-    assert glm_server.requests[0].body == {"model": "glm-4.6", "messages": MESSAGES, "max_tokens": 50}
+    assert without_request_id(glm_server.requests[0].body) == {"model": "glm-4.6", "messages": MESSAGES, "max_tokens": 50}
 
 
 def test_client_built_once_and_get_conn(set_conn: SetConn) -> None:
@@ -225,7 +231,7 @@ def test_test_connection_ok(set_conn: SetConn, glm_server: GLMTestServer) -> Non
     assert glm_server.base_url in message and "glm-4.6" in message
     assert glm_server.stats.requests == 1
     ping = [{"role": "user", "content": "ping"}]
-    assert glm_server.requests[0].body == {"model": "glm-4.6", "messages": ping, "max_tokens": 1}
+    assert without_request_id(glm_server.requests[0].body) == {"model": "glm-4.6", "messages": ping, "max_tokens": 1}
     assert billed.completion_tokens == 1
 
 

@@ -1,13 +1,16 @@
-"""HTTP clients for the GLM API over httpx: :class:`AsyncGLMClient`, and :class:`GLMClient` for blocking code.
+"""HTTP clients for the GLM API: :class:`AsyncGLMClient`, and :class:`GLMClient` for blocking code.
 
 :class:`AsyncGLMClient` is the one implementation: every call, sync or async, chat or file or
 batch, goes through its attempt loop, so all share one deadline, retry, billing and parsing policy
 (:class:`~airflow_provider_glm.client._core.ClientCore`). :class:`GLMClient` runs an
-:class:`AsyncGLMClient` on a private event loop thread and waits for the result.
+:class:`AsyncGLMClient` on a private event loop thread and waits for the result. Requests are
+httpx requests carried by aiohttp (:mod:`~airflow_provider_glm.client._transport`).
 
 Every attempt has a total deadline (``timeout``), headers included; answers above
-``max_response_bytes`` are aborted while reading, and redirects are never followed, so the key
-goes to the configured host only.
+``max_response_bytes`` (decoded) are aborted while reading, and redirects are never followed, so the
+key goes to the configured host only. Each attempt of a chat request carries a fresh ``request_id``,
+and an answer that is not that request's (another ``request_id``, or a response id already received)
+is refused.
 
 Example::
 
@@ -20,7 +23,11 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import json
+import logging
+import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
@@ -28,19 +35,37 @@ import httpx
 from airflow_provider_glm import constants
 from airflow_provider_glm._event_loop import run_blocking
 from airflow_provider_glm.client._auth import APIKey
-from airflow_provider_glm.client._core import Attempts, CallInfo, ClientCore, http_options, tls_context
-from airflow_provider_glm.client._http1 import AnswerTooLarge
-from airflow_provider_glm.client._http_pool import HTTP1Pool
+from airflow_provider_glm.client._core import Attempts, CallInfo, ClientCore, http_transport
 from airflow_provider_glm.client._streaming import DONE, SSEDecoder
+from airflow_provider_glm.client._transport import Progress, discard, progress_of
 from airflow_provider_glm.client.models import ChatCompletion, ChatCompletionChunk, encode_body
 from airflow_provider_glm.exceptions import GLMError, GLMInvalidResponseError
 
 if TYPE_CHECKING:
     from airflow_provider_glm.client._calls import Call
 
-__all__ = ["AsyncGLMClient", "CallInfo", "GLMClient"]
+__all__ = ["AsyncGLMClient", "CallInfo", "GLMClient", "new_request_id"]
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
+
+
+def new_request_id() -> str:
+    """A fresh ``request_id`` for one attempt (GLM takes 6 to 64 characters and refuses a repeat, 1231)."""
+    return f"glm-{uuid.uuid4().hex}"
+
+
+def _stamped(body: bytes, request_id: str) -> bytes:
+    """``body`` (a JSON object without ``request_id``) with ``request_id`` as its first member."""
+    return b'{"request_id":' + json.dumps(request_id).encode() + b"," + body.lstrip()[1:]
+
+
+@dataclass
+class _Attempt:
+    """What the attempt loop knows of the attempt in flight: how far its request got, under which id."""
+
+    progress: Progress | None = None
+    request_id: str | None = None
 
 
 class AsyncGLMClient:
@@ -55,10 +80,11 @@ class AsyncGLMClient:
     :param max_retries: retries of a retryable failure (see ``docs/errors.md``).
     :param max_billed_retries: resends of a request that was lost after it was sent (default 1).
     :param max_connections: connection pool size.
-    :param max_response_bytes: an answer larger than this is aborted while reading.
+    :param max_response_bytes: an answer larger than this, decoded, is aborted while reading.
     :param allow_insecure_http: accept ``http://`` to a host other than loopback.
+    :param network: proxy and TLS settings (:class:`~airflow_provider_glm.client._network.NetworkOptions`).
     :param observer: told the outcome of every attempt (adaptive concurrency listens here).
-    :param transport: an httpx transport (tests use ``httpx.MockTransport``).
+    :param transport: an httpx transport instead of aiohttp (tests use ``httpx.MockTransport``).
     :param sleep: waits between attempts (inject in tests; a coroutine function or a plain function).
     """
 
@@ -67,11 +93,8 @@ class AsyncGLMClient:
                  sleep: Callable[[float], Any] = asyncio.sleep, **options: Any) -> None:
         self._core = ClientCore(api_key, **options)
         self._sleep = sleep
-        self._http = httpx.AsyncClient(**http_options(max_connections, transport))
-        # chat calls, one per row, go over the lean pool; a transport given by the caller (tests) takes all
-        self._pool: HTTP1Pool | None = None
-        if transport is None:
-            self._pool = HTTP1Pool(self._core.base_url, tls_context(), max_connections, self._core.headers)
+        self._transport = http_transport(self._core, max_connections, transport)
+        self._closed = False
 
     def __repr__(self) -> str:
         return repr(self._core)
@@ -87,10 +110,14 @@ class AsyncGLMClient:
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`aclose` ran (its connections are closed)."""
+        return self._closed
+
     async def aclose(self) -> None:
-        if self._pool is not None:
-            await self._pool.aclose()
-        await self._http.aclose()
+        self._closed = True
+        await self._transport.aclose()
 
     async def request(self, method: str, path: str, *, deadline: float | None = None, raw: bool = False,
                       **kwargs: Any) -> Any:
@@ -103,14 +130,15 @@ class AsyncGLMClient:
         return (await self._request(method, path, deadline, kwargs, raw))[0]
 
     async def _request(self, method: str, path: str, deadline: float | None, kwargs: dict[str, Any],
-                       raw: bool = False, billable: bool = False, resend_lost: bool = True) -> tuple[Any, CallInfo]:
-        request_id = self._core.request_id_of(kwargs)
+                       raw: bool = False, billable: bool = False, resend_lost: bool = True,
+                       stamp: bool = False) -> tuple[Any, CallInfo]:
+        core = self._core
 
-        def parse(response: httpx.Response, content: bytes) -> Any:
-            return self._core.parse_body(response, content, request_id, raw)
+        def parse(response: httpx.Response, content: bytes, request_id: str | None) -> Any:
+            return core.parse_body(response, content, request_id, raw)
 
-        attempts = Attempts(self._core, deadline, billable=billable, resend_lost=resend_lost)
-        return await self._send(method, path, attempts, kwargs, parse, request_id, raw)
+        attempts = Attempts(core, deadline, billable=billable, resend_lost=resend_lost)
+        return await self._send(method, path, attempts, kwargs, parse, raw=raw, stamp=stamp)
 
     async def call(self, call: Call[T], *, deadline: float | None = None) -> T:
         """Send one described operation (files, batches, async chat) and parse its answer."""
@@ -119,7 +147,7 @@ class AsyncGLMClient:
     async def call_with_info(self, call: Call[T], *, deadline: float | None = None) -> tuple[T, CallInfo]:
         """:meth:`call`, with how the call went (attempts, possibly billed ones)."""
         body, info = await self._request(call.method, call.path, deadline, dict(call.kwargs), call.raw,
-                                         call.billable, call.resend_lost)
+                                         call.billable, call.resend_lost, stamp=call.billable)
         return call.parse(body), info
 
     async def chat_completion(self, model: str, messages: Any, *, deadline: float | None = None,
@@ -133,30 +161,18 @@ class AsyncGLMClient:
         """Send an already validated chat request body (JSON bytes) and parse the answer.
 
         The row operators build and validate each row's body once, before any call; this sends it
-        as is. The answer's :attr:`~airflow_provider_glm.client.models.ChatCompletion.call_info` says how
+        as is, with a fresh ``request_id`` per attempt (unless the body names its own, ``request_id``).
+        The answer's :attr:`~airflow_provider_glm.client.models.ChatCompletion.call_info` says how
         many attempts it took and how many of them may have been billed.
         """
-        core, pool = self._core, self._pool
+        core = self._core
 
-        def parse(response: Any, content: bytes) -> ChatCompletion:
-            return core.parse_completion_bytes(response, content, request_id)
+        def parse(response: httpx.Response, content: bytes, sent_request_id: str | None) -> ChatCompletion:
+            return core.parse_completion_bytes(response, content, sent_request_id)
 
         attempts = Attempts(core, deadline, billable=True)
-        if pool is None:
-            completion, info = await self._send("POST", "chat/completions", attempts, {"content": body}, parse,
-                                                request_id)
-        else:
-            async def exchange(attempt_deadline: float) -> tuple[Any, bytes]:
-                left = max(0.001, attempt_deadline - core.clock())
-                try:
-                    return await pool.post("chat/completions", body, authorization=core.credentials.authorization(),
-                                           connect_timeout=min(core.connect_timeout, left),
-                                           read_timeout=min(core.read_timeout, left), limit=core.max_response_bytes)
-                except AnswerTooLarge as exc:
-                    core.check_progress(exc.received, attempt_deadline, request_id)
-                    raise GLMInvalidResponseError("the answer was too large", request_id=request_id) from None
-
-            completion, info = await self._attempts(attempts, exchange, parse, request_id)
+        completion, info = await self._send("POST", "chat/completions", attempts, {"content": body}, parse,
+                                            request_id=request_id, stamp=True)
         completion._call_info = info
         return completion
 
@@ -168,10 +184,10 @@ class AsyncGLMClient:
         attempts = Attempts(self._core, deadline, billable=True)
         while True:
             attempt_deadline = attempts.begin()
-            request = self._core.build(self._http, "POST", "chat/completions", attempt_deadline, json=body)
+            request = self._core.build("POST", "chat/completions", attempt_deadline, json=body)
             try:
                 async with asyncio.timeout(max(0.0, attempt_deadline - self._core.clock())):
-                    response = await self._http.send(request, stream=True)
+                    response = await self._exchange(request)
                 if response.status_code == 200:
                     break
                 try:
@@ -181,7 +197,7 @@ class AsyncGLMClient:
                 self._core.check_status(response, content, request_id)
                 raise GLMInvalidResponseError(f"unexpected HTTP {response.status_code} for a stream")
             except TimeoutError:
-                error: GLMError = self._core.total_timeout(request_id)
+                error: GLMError = self._core.total_timeout(request_id, progress_of(request))
             except httpx.HTTPError as exc:
                 error = self._core.transport_error(exc, request_id)
             except GLMError as exc:
@@ -205,6 +221,16 @@ class AsyncGLMClient:
         finally:
             await response.aclose()
 
+    async def _exchange(self, request: httpx.Request) -> httpx.Response:
+        """Hand one request to the transport; one DEBUG line says where it went and how (never headers)."""
+        try:
+            response = await self._transport.handle_async_request(request)
+        except httpx.HTTPError as exc:
+            log.debug("GLM %s %s failed: %s", request.method, request.url, type(exc).__name__)
+            raise
+        log.debug("GLM %s %s -> HTTP %d", request.method, request.url, response.status_code)
+        return response
+
     async def _read(self, response: httpx.Response, deadline: float, request_id: str | None,
                     limit: int | None = None) -> bytes:
         chunks: list[bytes] = []
@@ -216,35 +242,56 @@ class AsyncGLMClient:
         return b"".join(chunks)
 
     async def _send(self, method: str, path: str, attempts: Attempts, kwargs: dict[str, Any],
-                    parse: Callable[[httpx.Response, bytes], T], request_id: str | None,
-                    raw: bool = False) -> tuple[T, CallInfo]:
-        """A call through httpx (files, batches, async chat, any transport a test gives)."""
+                    parse: Callable[[httpx.Response, bytes, str | None], T], *, request_id: str | None = None,
+                    raw: bool = False, stamp: bool = False) -> tuple[T, CallInfo]:
+        """One call through the attempt loop: build, send, read (capped), parse, and prove the answer.
 
-        async def exchange(attempt_deadline: float) -> tuple[httpx.Response, bytes]:
-            request = self._core.build(self._http, method, path, attempt_deadline, **kwargs)
-            response = await self._http.send(request, stream=True)
+        :param stamp: give each attempt a fresh ``request_id`` (unless ``request_id`` is given: it is in the
+            body already) and refuse an answer that is not that request's.
+        """
+        core = self._core
+        if request_id is None:
+            request_id = core.request_id_of(kwargs)
+        fresh = stamp and request_id is None and isinstance(kwargs.get("content"), bytes)
+
+        async def exchange(attempt_deadline: float, attempt: _Attempt) -> T:
+            args = kwargs
+            attempt.request_id = request_id
+            if fresh:
+                attempt.request_id = new_request_id()
+                args = {**kwargs, "content": _stamped(kwargs["content"], attempt.request_id)}
+            request = core.build(method, path, attempt_deadline, **args)
+            attempt.progress = progress_of(request)
+            response = await self._exchange(request)
             try:
-                content = await self._read(response, attempt_deadline, request_id, self._core.download_limit(raw))
+                content = await self._read(response, attempt_deadline, attempt.request_id, core.download_limit(raw))
+                result = parse(response, content, attempt.request_id)
+                if stamp:
+                    core.check_answer(result, attempt.request_id)
+            except (GLMInvalidResponseError, httpx.HTTPError):
+                discard(response)  # an answer not read whole, or not trusted, leaves no bytes to misread
+                raise
             finally:
                 await response.aclose()
-            return response, content
+            return result
 
-        return await self._attempts(attempts, exchange, parse, request_id)
+        return await self._attempts(attempts, exchange)
 
-    async def _attempts(self, attempts: Attempts, exchange: Callable[[float], Awaitable[tuple[Any, bytes]]],
-                        parse: Callable[[Any, bytes], T], request_id: str | None) -> tuple[T, CallInfo]:
+    async def _attempts(self, attempts: Attempts,
+                        exchange: Callable[[float, _Attempt], Awaitable[T]]) -> tuple[T, CallInfo]:
         """The attempt loop every call shares: send and read under the total deadline, parse, retry."""
         error: GLMError
         while True:
             attempt_deadline = attempts.begin()
+            attempt = _Attempt()
             try:
                 async with asyncio.timeout(max(0.0, attempt_deadline - self._core.clock())):
-                    response, content = await exchange(attempt_deadline)
-                return parse(response, content), attempts.succeeded()
+                    result = await exchange(attempt_deadline, attempt)
+                return result, attempts.succeeded()
             except TimeoutError:
-                error = self._core.total_timeout(request_id)
+                error = self._core.total_timeout(attempt.request_id, attempt.progress)
             except httpx.HTTPError as exc:
-                error = self._core.transport_error(exc, request_id)
+                error = self._core.transport_error(exc, attempt.request_id)
             except GLMError as exc:
                 error = exc
             await self._wait(attempts.failed(error))

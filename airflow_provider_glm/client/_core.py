@@ -8,10 +8,9 @@ attempts: how many, how many may have been billed, and what the caller's observe
 
 from __future__ import annotations
 
-import functools
 import json
-import ssl
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -22,7 +21,8 @@ from pydantic import ValidationError
 
 from airflow_provider_glm import constants
 from airflow_provider_glm.client._auth import APIKey, AuthMode, Credentials
-from airflow_provider_glm.client._transport import async_transport
+from airflow_provider_glm.client._network import NetworkOptions, proxy_for, tls_context
+from airflow_provider_glm.client._transport import AiohttpTransport, Progress
 from airflow_provider_glm.client._urls import check_base_url, endpoint_of
 from airflow_provider_glm.client.models import ChatCompletion, build_chat_request
 from airflow_provider_glm.client.retry import RetryPolicy, parse_retry_after
@@ -35,11 +35,15 @@ from airflow_provider_glm.exceptions import (
     error_from_response,
 )
 
-__all__ = ["AttemptObserver", "Attempts", "CallInfo", "ClientCore", "http_options", "tls_context"]
+__all__ = ["AttemptObserver", "Attempts", "CallInfo", "ClientCore", "http_transport"]
+
+RECENT_ANSWERS = 65_536
+"""Response ids a client remembers: an answer whose id it already accepted is another request's copy."""
 
 AttemptObserver = Callable[[str, "GLMError | None"], None]
 """Told after every attempt: ``("ok", None)``, or ``(kind, error)`` with kind ``rate_limited``,
-``timeout``, ``unreachable`` (the request never left), ``lost`` (sent, answer lost) or ``error``."""
+``timeout``, ``unreachable`` (the request never left), ``queued`` (it waited for a pool slot and never
+left: nothing learnt about the endpoint), ``lost`` (sent, answer lost) or ``error``."""
 
 
 @dataclass(frozen=True)
@@ -75,6 +79,7 @@ class ClientCore:
         retry_policy: RetryPolicy | None = None,
         headers: Mapping[str, str] | None = None,
         allow_insecure_http: bool = False,
+        network: NetworkOptions | None = None,
         observer: AttemptObserver | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -103,6 +108,10 @@ class ClientCore:
                 raise ValueError(f"the {header} header holds a line break, NUL or non-ASCII character; remove it "
                                  "from the connection")
         self._urls: dict[str, httpx.URL] = {}
+        self.network = network or NetworkOptions()
+        self.proxy = proxy_for(self.base_url, self.network)
+        """The proxy every call goes through (``None``: direct), resolved once from the options and environment."""
+        self._answers: OrderedDict[str, None] = OrderedDict()
 
     def __repr__(self) -> str:
         return f"<GLM client base_url={self.base_url!r} auth={self.credentials.mode!r}>"
@@ -120,11 +129,8 @@ class ClientCore:
         params = {k: v for k, v in params.items() if k != "stream"}
         return build_chat_request(model, messages, stream=stream or None, **params).to_body()
 
-    def build(self, client: httpx.AsyncClient, method: str, path: str, deadline: float, **kwargs: Any) -> httpx.Request:
-        """An httpx request with auth and timeouts no longer than the time left.
-
-        Built directly (the client adds no headers of its own to ours), on a URL parsed once per path.
-        """
+    def build(self, method: str, path: str, deadline: float, **kwargs: Any) -> httpx.Request:
+        """An httpx request with auth and timeouts no longer than the time left, on a URL parsed once per path."""
         left = max(0.001, deadline - self.clock())
         headers = dict(self.headers, Authorization=self.credentials.authorization())
         if "files" in kwargs:
@@ -147,16 +153,53 @@ class ClientCore:
         limit = self.max_response_bytes if limit is None else limit
         if received > limit:
             raise GLMInvalidResponseError(
-                (f"the answer exceeded max_response_bytes={limit}; aborted" if limit == self.max_response_bytes
-                 else f"the download exceeded its cap of {limit} bytes; aborted"),
+                (f"the answer exceeded max_response_bytes={limit} (decoded); aborted, and the call may have been "
+                 "billed" if limit == self.max_response_bytes
+                 else f"the download exceeded its cap of {limit} bytes (decoded); aborted"),
                 status_code=200,
                 request_id=request_id,
             )
         if self.clock() > deadline:
             raise self.total_timeout(request_id)
 
-    def total_timeout(self, request_id: str | None) -> GLMTimeoutError:
-        return GLMTimeoutError(f"no complete answer within {self.timeout:g} s", request_id=request_id)
+    def total_timeout(self, request_id: str | None, progress: Progress | None = None) -> GLMTimeoutError:
+        """The attempt's deadline passed; where the request was then decides whether it may have been billed."""
+        stage = progress.stage if progress is not None else None
+        if stage == "queued":
+            error = GLMTimeoutError(f"no free connection within {self.timeout:g} s (the request was not sent)",
+                                    request_id=request_id)
+            error.request_sent, error.pool_wait = False, True
+        elif progress is not None and not progress.sent:
+            error = GLMTimeoutError(f"could not connect to {self.endpoint} within {self.timeout:g} s",
+                                    request_id=request_id)
+            error.request_sent = False
+        else:
+            error = GLMTimeoutError(f"no complete answer within {self.timeout:g} s", request_id=request_id)
+        return error
+
+    def check_answer(self, answer: Any, sent_request_id: str | None) -> None:
+        """Refuse an answer that is not this request's: a ``request_id`` other than the one sent, or a
+        response ``id`` this client already accepted (a server or proxy that repeated an earlier answer,
+        read on a reused connection as the next request's). The request may have been billed; the caller
+        drops the connection and resends within ``max_billed_retries``."""
+        fields = answer if isinstance(answer, Mapping) else vars(answer) if hasattr(answer, "__dict__") else {}
+        answered = fields.get("request_id")
+        if sent_request_id is not None and answered and answered != sent_request_id:
+            raise self._not_ours(f"the answer carries request_id {answered!r}, not this request's", sent_request_id)
+        response_id = fields.get("id")
+        if not isinstance(response_id, str) or not response_id:
+            return
+        if response_id in self._answers:
+            raise self._not_ours(f"the answer repeats response {response_id!r}, already received", sent_request_id)
+        self._answers[response_id] = None
+        if len(self._answers) > RECENT_ANSWERS:
+            self._answers.popitem(last=False)
+
+    @staticmethod
+    def _not_ours(what: str, request_id: str | None) -> GLMInvalidResponseError:
+        return GLMInvalidResponseError(
+            f"{what}: it belongs to another request, so it is refused, the connection is dropped and the request "
+            "counts as possibly billed", status_code=200, request_id=request_id, retryable=True)
 
     def download_limit(self, raw: bool) -> int | None:
         """File downloads (raw bodies) may be larger than answers: batch output files reach 100s of MB."""
@@ -173,6 +216,12 @@ class ClientCore:
                 status_code=status,
                 request_id=request_id,
             )
+        if status == 407:
+            proxy = self.proxy.display if self.proxy is not None else "a proxy"
+            error = GLMConnectionError(f"the proxy {proxy} refused the request: it asks for credentials (HTTP 407); "
+                                       "set them in the proxy URL", status_code=status, request_id=request_id)
+            error.request_sent = False  # answered by the proxy, never forwarded: nothing was billed
+            raise error
         if status >= 400:
             raise error_from_response(
                 status, content, request_id=request_id,
@@ -234,6 +283,7 @@ class ClientCore:
         else:
             error = GLMConnectionError(f"GLM connection failed ({type(exc).__name__}: {exc})", request_id=request_id)
         error.request_sent = not isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout))
+        error.pool_wait = isinstance(exc, httpx.PoolTimeout)
         return error
 
     def retry_delay(self, error: GLMError, attempt: int, deadline: float | None) -> float | None:
@@ -253,6 +303,8 @@ def attempt_kind(error: GLMError) -> str:
     """What an attempt's failure says about the endpoint (see :data:`AttemptObserver`)."""
     if isinstance(error, GLMRateLimitError):
         return "rate_limited"
+    if error.pool_wait:
+        return "queued"
     if not error.request_sent:
         return "unreachable"
     if isinstance(error, GLMTimeoutError):
@@ -323,18 +375,12 @@ def _lost_again(error: GLMError, lost: int, timeout: float) -> str:
             "longer; the extra max_billed_retries sets how often a lost request is resent)")
 
 
-def http_options(max_connections: int, transport: httpx.AsyncBaseTransport | None = None) -> dict[str, Any]:
-    """Options every httpx client gets: httpcore's pool on asyncio sockets (:mod:`.transport`) with one
-    shared TLS context (loading the CA bundle costs ~50 ms per client), no redirects, no proxy or CA
-    settings from the environment."""
-    return {
-        "transport": async_transport(max_connections, tls_context(), transport),
-        "follow_redirects": False,
-        "trust_env": False,
-    }
-
-
-@functools.cache
-def tls_context() -> ssl.SSLContext:
-    """One TLS context for every client of the process (loading the CA bundle costs ~50 ms)."""
-    return httpx.create_ssl_context()
+def http_transport(core: ClientCore, max_connections: int,
+                   transport: httpx.AsyncBaseTransport | None = None) -> httpx.AsyncBaseTransport:
+    """What carries a client's requests: aiohttp (:mod:`._transport`) with the core's TLS context and proxy
+    (resolved from the options and the environment, see :mod:`._network`), or the ``transport`` the caller
+    gave (tests use ``httpx.MockTransport``). Requests go to it directly, not through ``httpx.AsyncClient``:
+    no redirects are followed, no cookies kept, and no line per request is logged at INFO."""
+    if transport is not None:
+        return transport
+    return AiohttpTransport(max_connections=max_connections, ssl_context=tls_context(core.network), proxy=core.proxy)

@@ -1,226 +1,203 @@
-"""The network layer under httpx: asyncio sockets for httpcore, without anyio's per-call bookkeeping.
+"""httpx's interface over aiohttp's connection pool and C parser: the one HTTP stack of every GLM call.
 
-httpx speaks HTTP through httpcore, and httpcore reaches the network through a backend. Its default
-backend goes through anyio, which on asyncio costs a cancel scope per read and write and a
-``getpeername`` system call per look at a pooled connection; with dozens of rows in flight that was
-most of the client's CPU per row. :class:`AsyncioBackend` is the same contract (connect, TLS, read,
-write, close, "is this idle connection still usable?") on a plain :class:`asyncio.Protocol`, and
-:func:`async_transport` builds the httpx transport on it. HTTP itself (h11), pooling, keep-alive and
-every error mapping stay httpcore's and httpx's.
+The client builds :class:`httpx.Request` objects and reads :class:`httpx.Response` streams (tests
+swap in ``httpx.MockTransport``); :class:`AiohttpTransport` carries them over an
+:class:`aiohttp.ClientSession`. aiohttp does the protocol work: its llhttp parser (fuzzed, with a CVE
+feed), keep-alive pooling, Happy Eyeballs, proxies (``CONNECT`` for ``https://``) and streaming,
+bounded decompression of gzip, deflate, brotli and zstd. Nothing here parses HTTP.
+
+What this module adds is the mapping of failures onto the two facts the ledger needs. Every request
+carries a :class:`Progress` that aiohttp's tracing hooks move through ``pending``, ``queued`` (waiting
+for a pool slot), ``connecting`` and ``sent`` (the request head is being written). A failure before
+``sent`` is raised as an httpx error that means "never sent" (``PoolTimeout``, ``ConnectTimeout``,
+``ConnectError``): nothing can have been billed. A failure after it means "may have been billed"
+(``ReadTimeout``, ``ReadError``, ``RemoteProtocolError``), whatever aiohttp called it.
+
+Answers arrive decoded: the ``Content-Encoding`` header is removed from the httpx response, so httpx
+does not decode twice, and the client counts decoded bytes against its cap while aiohttp's flow
+control keeps what is inflated ahead of the reader small.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import socket
-import ssl
-from collections.abc import Iterable
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any
 
-import httpcore
+import aiohttp
 import httpx
+from multidict import CIMultiDict
 
-__all__ = ["AsyncioBackend", "async_transport"]
+from airflow_provider_glm.client._network import ProxyChoice
 
-_READ_BUFFER_LIMIT = 256 * 1024
-"""Bytes buffered from the socket before reading pauses (the client consumes them in max_bytes reads)."""
+__all__ = ["AiohttpTransport", "Progress", "discard", "progress_of"]
 
-
-class _StreamProtocol(asyncio.Protocol):
-    """Buffers what the socket receives; one reader waits at a time (httpcore reads sequentially)."""
-
-    def __init__(self) -> None:
-        self.buffer = bytearray()
-        self.eof = False
-        self.error: BaseException | None = None
-        self.transport: asyncio.Transport | None = None
-        self._waiter: asyncio.Future[None] | None = None
-        self._drained: asyncio.Future[None] | None = None
-        self._paused_writing = False
-        self._paused_reading = False
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-
-    def data_received(self, data: bytes) -> None:
-        self.buffer += data
-        if len(self.buffer) > _READ_BUFFER_LIMIT and self.transport is not None and not self._paused_reading:
-            self._paused_reading = True
-            self.transport.pause_reading()
-        self._wake()
-
-    def eof_received(self) -> bool | None:
-        self.eof = True
-        self._wake()
-        return None
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.eof = True
-        self.error = self.error or exc
-        self._wake()
-        if self._drained is not None and not self._drained.done():
-            self._drained.set_exception(exc or ConnectionResetError("connection lost"))
-
-    def pause_writing(self) -> None:
-        self._paused_writing = True
-
-    def resume_writing(self) -> None:
-        self._paused_writing = False
-        if self._drained is not None and not self._drained.done():
-            self._drained.set_result(None)
-
-    def _wake(self) -> None:
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
-
-    async def read(self, max_bytes: int) -> bytes:
-        while not self.buffer and not self.eof:
-            self._waiter = asyncio.get_running_loop().create_future()
-            await self._waiter
-        if not self.buffer:
-            if self.error is not None:
-                raise self.error
-            return b""
-        data = bytes(self.buffer[:max_bytes])
-        del self.buffer[:max_bytes]
-        if self._paused_reading and len(self.buffer) <= _READ_BUFFER_LIMIT // 2 and self.transport is not None:
-            self._paused_reading = False
-            self.transport.resume_reading()
-        return data
-
-    async def drain(self) -> None:
-        if self.error is not None:
-            raise self.error
-        if self._paused_writing:
-            self._drained = asyncio.get_running_loop().create_future()
-            await self._drained
+_PROGRESS_KEY = "glm_progress"
+_DROPPED_REQUEST_HEADERS = frozenset({"host", "content-length", "transfer-encoding", "connection"})
+_DECODED = frozenset({"gzip", "deflate", "br", "zstd", "x-gzip"})
+MAX_HEADERS = 128
+"""Header (and trailer) lines aiohttp accepts in one answer."""
+MAX_FIELD_SIZE = 8190
+"""Bytes in one header line (aiohttp's default): with :data:`MAX_HEADERS`, an answer's head is ~1 MiB at most."""
+KEEPALIVE_SECONDS = 15.0
+"""An idle pooled connection is closed after this, before servers commonly drop theirs (aiohttp's default)."""
 
 
-class AsyncioStream(httpcore.AsyncNetworkStream):
-    """One TCP (or TLS) connection, as httpcore reads and writes it."""
+@dataclass
+class Progress:
+    """How far one request got; ``stage`` is ``None`` for transports that do not say (tests' mock transports)."""
 
-    def __init__(self, transport: asyncio.Transport, protocol: _StreamProtocol) -> None:
-        self._transport = transport
-        self._protocol = protocol
-        self._pending: list[bytes] = []
+    stage: str | None = None
 
-    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        with _mapped({TimeoutError: httpcore.ReadTimeout, OSError: httpcore.ReadError}):
-            self._flush()
-            if self._protocol.buffer or timeout is None:
-                return await self._protocol.read(max_bytes)
-            async with asyncio.timeout(timeout):
-                return await self._protocol.read(max_bytes)
+    @property
+    def sent(self) -> bool:
+        """Whether the request may have reached the server (unknown counts as sent)."""
+        return self.stage not in ("pending", "queued", "connecting")
 
-    async def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        """Queue ``buffer``; it goes out with the next read (or at the loop's next turn), so a request's
-        head and body leave in one system call."""
-        if not buffer:
-            return
-        with _mapped({TimeoutError: httpcore.WriteTimeout, OSError: httpcore.WriteError}):
-            if self._protocol.error is not None or self._transport.is_closing():
-                raise self._protocol.error or ConnectionResetError("the connection is closed")
-            if not self._pending:
-                asyncio.get_running_loop().call_soon(self._flush)
-            self._pending.append(buffer)
-            if self._protocol._paused_writing:
-                self._flush()
-                async with asyncio.timeout(timeout):
-                    await self._protocol.drain()
 
-    def _flush(self) -> None:
-        if self._pending and not self._transport.is_closing():
-            self._transport.write(b"".join(self._pending))
-        self._pending.clear()
+def progress_of(request: httpx.Request) -> Progress:
+    """The request's :class:`Progress`, attached on first use."""
+    progress = request.extensions.get(_PROGRESS_KEY)
+    if not isinstance(progress, Progress):
+        progress = request.extensions[_PROGRESS_KEY] = Progress()
+    return progress
+
+
+def _tracing() -> aiohttp.TraceConfig:
+    trace = aiohttp.TraceConfig(trace_config_ctx_factory=SimpleNamespace)
+
+    def moves_to(stage: str) -> Any:
+        async def hook(session: Any, context: Any, params: Any) -> None:
+            progress = context.trace_request_ctx
+            if isinstance(progress, Progress) and progress.stage != "sent":
+                progress.stage = stage
+        return hook
+
+    trace.on_connection_queued_start.append(moves_to("queued"))
+    trace.on_connection_queued_end.append(moves_to("pending"))
+    trace.on_connection_create_start.append(moves_to("connecting"))
+    trace.on_request_headers_sent.append(moves_to("sent"))
+    trace.freeze()
+    return trace
+
+
+_TRACE = _tracing()
+
+
+class AiohttpTransport(httpx.AsyncBaseTransport):
+    """An httpx transport on one aiohttp session (created in the event loop of its first request).
+
+    :param max_connections: the most connections open at once (requests beyond wait for a slot).
+    :param ssl_context: the TLS context (trust, client certificate).
+    :param proxy: where to send through, or ``None``.
+    """
+
+    def __init__(self, *, max_connections: int, ssl_context: Any, proxy: ProxyChoice | None = None) -> None:
+        self._max_connections = max_connections
+        self._ssl = ssl_context
+        self._proxy = proxy
+        self._proxy_auth = (aiohttp.BasicAuth(proxy.login, proxy.password or "")
+                            if proxy is not None and proxy.login is not None else None)
+        self._session: aiohttp.ClientSession | None = None
+
+    def _open(self) -> aiohttp.ClientSession:
+        session = self._session
+        if session is None or session.closed:
+            connector = aiohttp.TCPConnector(limit=self._max_connections, ssl=self._ssl,
+                                             keepalive_timeout=KEEPALIVE_SECONDS)
+            session = self._session = aiohttp.ClientSession(
+                connector=connector, trace_configs=[_TRACE], timeout=aiohttp.ClientTimeout(total=None),
+                auto_decompress=True, cookie_jar=aiohttp.DummyCookieJar(), trust_env=False,
+                max_headers=MAX_HEADERS, max_field_size=MAX_FIELD_SIZE, max_line_size=MAX_FIELD_SIZE,
+            )
+        return session
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        progress = progress_of(request)
+        progress.stage = "pending"
+        timeouts = request.extensions.get("timeout", {})
+        headers = CIMultiDict((k, v) for k, v in request.headers.multi_items()
+                              if k.lower() not in _DROPPED_REQUEST_HEADERS)
+        body = await request.aread()
+        try:
+            response = await self._open().request(
+                request.method, str(request.url), data=body or None, headers=headers, allow_redirects=False,
+                timeout=aiohttp.ClientTimeout(total=None, connect=None, sock_connect=timeouts.get("connect"),
+                                              sock_read=timeouts.get("read")),
+                proxy=self._proxy.url if self._proxy is not None else None, proxy_auth=self._proxy_auth,
+                trace_request_ctx=progress,
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            raise _mapped(exc, progress, request, self._proxy) from None
+        progress.stage = "sent"
+        decoded = response.headers.get("Content-Encoding", "").strip().lower() in _DECODED
+        out_headers = [(k, v) for k, v in response.raw_headers
+                       if not (decoded and k.lower() in (b"content-encoding", b"content-length"))]
+        return httpx.Response(response.status, headers=out_headers, stream=_Body(response, progress, request),
+                              request=request, extensions={"reason_phrase": (response.reason or "").encode(),
+                                                           "http_version": b"HTTP/1.1"})
 
     async def aclose(self) -> None:
-        self._pending.clear()
-        self._transport.close()
-
-    async def start_tls(self, ssl_context: ssl.SSLContext, server_hostname: str | None = None,
-                        timeout: float | None = None) -> httpcore.AsyncNetworkStream:
-        loop = asyncio.get_running_loop()
-        with _mapped({TimeoutError: httpcore.ConnectTimeout, OSError: httpcore.ConnectError}):
-            try:
-                async with asyncio.timeout(timeout):
-                    transport = await loop.start_tls(self._transport, self._protocol, ssl_context,
-                                                     server_hostname=server_hostname)
-            except BaseException:
-                self._transport.close()
-                raise
-        if transport is None:
-            raise httpcore.ConnectError("TLS could not be started on the connection")
-        return AsyncioStream(transport, self._protocol)
-
-    def get_extra_info(self, info: str) -> Any:
-        if info == "is_readable":
-            # an idle pooled connection with data or an end waiting cannot carry a new request
-            return bool(self._protocol.buffer) or self._protocol.eof or self._transport.is_closing()
-        if info == "ssl_object":
-            return self._transport.get_extra_info("ssl_object")
-        if info == "client_addr":
-            return self._transport.get_extra_info("sockname")
-        if info == "server_addr":
-            return self._transport.get_extra_info("peername")
-        if info == "socket":
-            return self._transport.get_extra_info("socket")
-        return None
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
 
 
-class AsyncioBackend(httpcore.AsyncNetworkBackend):
-    """httpcore's network backend on asyncio transports and protocols."""
+class _Body(httpx.AsyncByteStream):
+    """An answer's body as aiohttp decodes it; closing it returns the connection to the pool, or drops it
+    when :func:`discard` was called (an answer that cannot be trusted leaves nothing behind to misread)."""
 
-    async def connect_tcp(self, host: str, port: int, timeout: float | None = None, local_address: str | None = None,
-                          socket_options: Iterable[Any] | None = None) -> httpcore.AsyncNetworkStream:
-        loop = asyncio.get_running_loop()
-        with _mapped({TimeoutError: httpcore.ConnectTimeout, OSError: httpcore.ConnectError}):
-            async with asyncio.timeout(timeout):
-                transport, protocol = await loop.create_connection(
-                    _StreamProtocol, host, port, local_addr=(local_address, 0) if local_address else None)
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                for option in socket_options or ():
-                    sock.setsockopt(*option)
-        return AsyncioStream(transport, protocol)
+    def __init__(self, response: aiohttp.ClientResponse, progress: Progress, request: httpx.Request) -> None:
+        self._response = response
+        self._progress = progress
+        self._request = request
+        self.discarded = False
 
-    async def connect_unix_socket(self, path: str, timeout: float | None = None,
-                                  socket_options: Iterable[Any] | None = None) -> httpcore.AsyncNetworkStream:
-        loop = asyncio.get_running_loop()
-        with _mapped({TimeoutError: httpcore.ConnectTimeout, OSError: httpcore.ConnectError}):
-            async with asyncio.timeout(timeout):
-                transport, protocol = await loop.create_unix_connection(_StreamProtocol, path)
-        return AsyncioStream(transport, protocol)
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in self._response.content.iter_any():
+                yield chunk
+        except asyncio.CancelledError:
+            self.discarded = True
+            raise
+        except Exception as exc:
+            self.discarded = True
+            raise _mapped(exc, self._progress, self._request) from None
 
-    async def sleep(self, seconds: float) -> None:
-        await asyncio.sleep(seconds)
+    async def aclose(self) -> None:
+        if self.discarded:
+            self._response.close()
+        else:
+            self._response.release()
 
 
-@contextlib.contextmanager
-def _mapped(errors: dict[type[BaseException], type[Exception]]) -> Any:
-    try:
-        yield
-    except tuple(errors) as exc:
-        for source, target in errors.items():
-            if isinstance(exc, source):
-                raise target(str(exc) or type(exc).__name__) from exc
-        raise
+def discard(response: httpx.Response) -> None:
+    """Drop ``response``'s connection instead of reusing it, when it is closed (no-op for other transports)."""
+    stream = response.stream
+    if isinstance(stream, _Body):
+        stream.discarded = True
 
 
-def async_transport(max_connections: int, ssl_context: ssl.SSLContext,
-                    transport: httpx.AsyncBaseTransport | None = None) -> httpx.AsyncBaseTransport:
-    """The httpx transport every async client uses: httpcore's pool on :class:`AsyncioBackend`.
-
-    :param transport: a transport given by the caller (tests' ``httpx.MockTransport``), used as it is.
-    """
-    if transport is not None:
-        return transport
-    pooled = httpx.AsyncHTTPTransport(verify=ssl_context, limits=httpx.Limits(
-        max_connections=max_connections, max_keepalive_connections=max_connections), trust_env=False)
-    pooled._pool = httpcore.AsyncConnectionPool(
-        ssl_context=ssl_context, max_connections=max_connections, max_keepalive_connections=max_connections,
-        keepalive_expiry=5.0, network_backend=AsyncioBackend(),
-    )
-    return pooled
+def _mapped(exc: Exception, progress: Progress, request: httpx.Request,
+            proxy: ProxyChoice | None = None) -> httpx.TransportError:
+    """The httpx error for an aiohttp failure: "never sent" before the head was written, "may have been
+    billed" after. Messages name the failure's type and aiohttp's text (and the proxy, without its
+    credentials), never headers."""
+    text = f"{type(exc).__name__}: {exc}"
+    if not progress.sent:
+        if proxy is not None:
+            text += f"; through the proxy {proxy.display}"
+        if progress.stage == "queued":
+            return httpx.PoolTimeout(text, request=request)
+        if isinstance(exc, (asyncio.TimeoutError, aiohttp.ServerTimeoutError)):
+            return httpx.ConnectTimeout(text, request=request)
+        return httpx.ConnectError(text, request=request)
+    if isinstance(exc, (asyncio.TimeoutError, aiohttp.ServerTimeoutError)):
+        return httpx.ReadTimeout(text, request=request)
+    if isinstance(exc, (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError, aiohttp.ClientResponseError)):
+        return httpx.RemoteProtocolError(text, request=request)
+    return httpx.ReadError(text, request=request)

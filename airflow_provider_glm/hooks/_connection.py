@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow_provider_glm import constants, get_provider_info
 from airflow_provider_glm.client._auth import APIKey
+from airflow_provider_glm.client._network import NetworkOptions, proxy_for
 from airflow_provider_glm.client._urls import check_base_url
 
 if TYPE_CHECKING:
@@ -23,7 +24,8 @@ __all__ = ["ConnectionSettings", "base_url_of"]
 _KEY_EXTRAS = ("api_key", "apikey", "key", "token", "secret", "password")
 _KNOWN_EXTRAS = frozenset(
     {"model", "timeout", "connect_timeout", "read_timeout", "max_retries", "auth", "prices", "headers",
-     "max_connections", "max_response_bytes", "max_billed_retries", "allow_insecure_http"}
+     "max_connections", "max_response_bytes", "max_billed_retries", "allow_insecure_http", "proxy", "trust_env",
+     "ca_bundle", "client_cert", "client_key"}
 )
 _RESERVED_HEADERS = frozenset({"authorization", "content-type", "host", "content-length"})
 
@@ -38,6 +40,8 @@ class ConnectionSettings:
     auth: str
     client_options: dict[str, Any]
     prices: dict[str, Any] | None
+    secrets: tuple[str, ...] = field(default=(), repr=False)
+    """Values besides the key that logs must mask (a proxy's password)."""
 
     @classmethod
     def from_connection(cls, conn: Connection) -> ConnectionSettings:
@@ -89,17 +93,16 @@ class ConnectionSettings:
                 f"connection {conn.conn_id!r}: extra 'auth' must be 'bearer' or 'jwt', got {auth!r}; "
                 f"{_fix('auth')}"
             )
-        insecure = extra.get("allow_insecure_http")
-        if insecure not in (None, "", True, False):
-            raise ValueError(f"connection {conn.conn_id!r}: extra 'allow_insecure_http' must be true or false, "
-                             f"got {insecure!r}; {_fix('allow_insecure_http')}")
+        insecure = _flag(conn.conn_id, "allow_insecure_http", extra.get("allow_insecure_http"), default=False)
         if insecure:
             options["allow_insecure_http"] = True
-        base_url = base_url_of(conn)
         try:
-            check_base_url(base_url, allow_insecure_http=bool(insecure))
+            base_url = check_base_url(base_url_of(conn), allow_insecure_http=insecure)
         except ValueError as exc:
-            raise ValueError(f"connection {conn.conn_id!r}: {exc}") from None
+            raise ValueError(f"connection {conn.conn_id!r}, field 'Base URL' (host): {exc}") from None
+        network, secrets = _network(conn.conn_id, extra, base_url)
+        if network != NetworkOptions():
+            options["network"] = network
         prices = extra.get("prices")
         if prices is not None and not isinstance(prices, Mapping):
             raise ValueError(
@@ -113,7 +116,36 @@ class ConnectionSettings:
             auth=auth,
             client_options=options,
             prices=dict(prices) if prices else None,
+            secrets=secrets,
         )
+
+
+def _flag(conn_id: str | None, name: str, value: Any, *, default: bool) -> bool:
+    if value in (None, ""):
+        return default
+    if value not in (True, False):
+        raise ValueError(f"connection {conn_id!r}: extra {name!r} must be true or false, got {value!r}; {_fix(name)}")
+    return bool(value)
+
+
+def _network(conn_id: str | None, extra: Mapping[str, Any], base_url: str) -> tuple[NetworkOptions, tuple[str, ...]]:
+    """The proxy and TLS extras, checked (files exist, the proxy is an http(s) URL) with the field at fault named."""
+    paths: dict[str, str | None] = {}
+    for name in ("proxy", "ca_bundle", "client_cert", "client_key"):
+        value = extra.get(name)
+        if value not in (None, "") and not isinstance(value, str):
+            raise ValueError(f"connection {conn_id!r}: extra {name!r} must be a string, got {type(value).__name__}; "
+                             f"{_fix(name)}")
+        paths[name] = value.strip() if isinstance(value, str) and value.strip() else None
+    try:
+        network = NetworkOptions(proxy=paths["proxy"], trust_env=_flag(conn_id, "trust_env", extra.get("trust_env"),
+                                                                        default=True),
+                                 ca_bundle=paths["ca_bundle"], client_cert=paths["client_cert"],
+                                 client_key=paths["client_key"])
+        proxy = proxy_for(base_url, network)
+    except ValueError as exc:
+        raise ValueError(f"connection {conn_id!r}: {exc}") from None
+    return network, (proxy.password,) if proxy is not None and proxy.password else ()
 
 
 def _number(conn_id: str | None, name: str, value: Any, kind: type[int] | type[float]) -> Any:
@@ -142,6 +174,11 @@ _EXPECTED = {
     "max_connections": ("a whole number, 1 or more", constants.DEFAULT_MAX_CONNECTIONS),
     "max_response_bytes": ("a whole number of bytes, 1 or more", constants.DEFAULT_MAX_RESPONSE_BYTES),
     "auth": ("bearer or jwt", "bearer"),
+    "proxy": ("an http:// or https:// proxy URL", "none (the environment's HTTPS_PROXY/HTTP_PROXY/ALL_PROXY)"),
+    "trust_env": ("true or false", "true"),
+    "ca_bundle": ("the path of a PEM file of trusted certificate authorities", "none (the default trust store)"),
+    "client_cert": ("the path of a PEM client certificate", "none"),
+    "client_key": ("the path of the client certificate's PEM key", "none (the key is in client_cert)"),
 }
 
 

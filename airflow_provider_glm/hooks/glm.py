@@ -67,7 +67,10 @@ class GLMHook(BaseHook):
         conn = self.get_connection(self.glm_conn_id)
         if conn.password:
             mask_secret(conn.password)
-        return ConnectionSettings.from_connection(conn)
+        settings = ConnectionSettings.from_connection(conn)
+        for secret in settings.secrets:
+            mask_secret(secret)
+        return settings
 
     async def aget_settings(self) -> ConnectionSettings:
         """:attr:`settings` without blocking the event loop (for triggers)."""
@@ -77,7 +80,9 @@ class GLMHook(BaseHook):
             conn = await self.aget_connection(self.glm_conn_id)
             if conn.password:
                 mask_secret(conn.password)
-            self.__dict__["settings"] = ConnectionSettings.from_connection(conn)
+            settings = self.__dict__["settings"] = ConnectionSettings.from_connection(conn)
+            for secret in settings.secrets:
+                mask_secret(secret)
         return self.settings
 
     def _options(self) -> dict[str, Any]:

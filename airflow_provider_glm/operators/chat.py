@@ -19,7 +19,6 @@ Example::
 
 from __future__ import annotations
 
-import contextlib
 import time
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
@@ -38,10 +37,6 @@ __all__ = ["GLMChatOperator"]
 
 _ANSWER_PARTS = ("finish_reason", "reasoning_content", "tool_calls", "web_search", "content_filter")
 """What single mode's ``answer`` XCom key carries: the answer beside its content (``return_value``)."""
-_WORKERS_PER_POOL = 8
-"""Workers sharing one client. Chosen when httpcore's pool scanned every connection on each request
-(pools of 8 cut that CPU several-fold); the chat call now has its own keep-alive pool, and the grouping
-stays until the throughput benchmark says otherwise."""
 
 
 class GLMChatOperator(GLMBaseOperator):
@@ -130,14 +125,8 @@ class GLMChatOperator(GLMBaseOperator):
             limit.observe(kind, error)
             breaker.observe(kind, error)
 
-        pools = -(-self.max_concurrency // _WORKERS_PER_POOL)
-        async with contextlib.AsyncExitStack() as stack:
-            clients = [
-                await stack.enter_async_context(run.hook.get_async_client(
-                    max_connections=-(-self.max_concurrency // pools), observer=observe))
-                for _ in range(pools)
-            ]
-            runner = RowRunner(run=run, clients=clients, workers=self.max_concurrency, limits=limits, limit=limit,
+        async with run.hook.get_async_client(max_connections=self.max_concurrency, observer=observe) as client:
+            runner = RowRunner(run=run, client=client, workers=self.max_concurrency, limits=limits, limit=limit,
                                breaker=breaker, log=self.log)
             await runner.run(run.source)
 

@@ -127,6 +127,8 @@ class CircuitBreaker:
         self.open_reason: str | None = None
 
     def observe(self, kind: str, error: GLMError | None = None) -> None:
+        if kind == "queued":
+            return  # the client's own pool was busy: nothing was learnt about the endpoint
         if kind == "unreachable":
             self._consecutive += 1
             self._last = error

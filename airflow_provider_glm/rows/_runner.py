@@ -16,7 +16,6 @@ import concurrent.futures
 import datetime
 import logging
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
@@ -66,16 +65,17 @@ class RowRunner:
     """Runs one task try's rows to completion.
 
     :param run: the validated run (its rules, state, writer and sink).
-    :param clients: async clients, each shared by a group of workers (owned by the caller).
+    :param client: the async client every worker sends through (owned by the caller); its pool holds a
+        connection per worker.
     :param workers: how many workers (the most rows that can ever be in flight).
     :param limit: the adaptive limit the workers take slots from.
     :param breaker: stops sending when the endpoint cannot be reached.
     """
 
-    def __init__(self, *, run: RunPlan, clients: Sequence[AsyncGLMClient], workers: int, limits: RunLimits,
+    def __init__(self, *, run: RunPlan, client: AsyncGLMClient, workers: int, limits: RunLimits,
                  limit: AdaptiveLimit, breaker: CircuitBreaker, log: Any = None) -> None:
         self.run_plan = run
-        self.clients = clients
+        self.client = client
         self.workers = workers
         self.rules = run.rules
         self.state = run.state
@@ -93,8 +93,7 @@ class RowRunner:
         """Send every row that needs a call; return once every outcome is written."""
         queue: asyncio.Queue[PreparedRequest | None] = asyncio.Queue(maxsize=max(self.workers * 2, 64))
         progress = asyncio.create_task(self._progress())
-        workers = [asyncio.create_task(self._worker(queue, self.clients[i * len(self.clients) // self.workers]))
-                   for i in range(self.workers)]
+        workers = [asyncio.create_task(self._worker(queue, self.client)) for _ in range(self.workers)]
         producer = asyncio.create_task(self._produce_all(source, queue, len(workers)))
         try:
             # a worker that dies (a bug, an exception a signal raised inside it) ends the run at once,

@@ -679,7 +679,7 @@ def canary_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[GLMTestServer]:
 @pytest.fixture
 def debug_logs(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
     caplog.set_level(logging.DEBUG)
-    for name in ("httpx", "httpcore", "airflow", "airflow.task", "airflow_provider_glm"):
+    for name in ("httpx", "aiohttp", "airflow", "airflow.task", "airflow_provider_glm"):
         caplog.set_level(logging.DEBUG, logger=name)
     return caplog
 
@@ -747,9 +747,10 @@ def test_X1_canary_key_never_leaks(canary_server: GLMTestServer, context: dict[s
     seen += [repr(kwargs), json.dumps(kwargs), repr(deferred.value.trigger), repr(deferred.value.kwargs),
              repr(batch)]
 
-    # task logs: stdlib records (httpx/httpcore at DEBUG included) and what the operator's structlog
-    # logger wrote to the task's stdout/stderr
-    assert any(r.name.startswith("httpcore") for r in debug_logs.records), "httpcore DEBUG logging was on"
+    # task logs: stdlib records (the client's and aiohttp's at DEBUG included) and what the operator's
+    # structlog logger wrote to the task's stdout/stderr
+    assert any(r.name == "airflow_provider_glm.client._client" for r in debug_logs.records), \
+        "the client's DEBUG line per request was logged"
     task_log = "".join(capfd.readouterr())
     assert "Done: rows 4/4" in task_log and "GLMChatOperator" in task_log, "the operator's log was captured"
     seen += [debug_logs.text, task_log]

@@ -17,8 +17,8 @@ import httpx
 import pytest
 from _spend_common import Warehouse, chat_operator, checked_ledger, run_operator, use_connection
 
-from airflow_provider_glm.client._core import check_base_url
-from airflow_provider_glm.client._http_pool import HTTP1Pool
+from airflow_provider_glm.client._transport import AiohttpTransport
+from airflow_provider_glm.client._urls import check_base_url
 from airflow_provider_glm.exceptions import GLMConnectionError, GLMEndpointUnreachableError, GLMTimeoutError
 from airflow_provider_glm.hooks.glm import GLMHook
 from airflow_provider_glm.rows._concurrency import UNREACHABLE_THRESHOLD, CircuitBreaker
@@ -30,16 +30,11 @@ def sent(monkeypatch: pytest.MonkeyPatch) -> list[httpx.Request]:
     """Every request any GLM client tries to send; none leaves the machine (each fails to connect)."""
     requests: list[httpx.Request] = []
 
-    async def record(self: httpx.AsyncClient, request: httpx.Request, **kwargs: Any) -> httpx.Response:
+    async def record(self: AiohttpTransport, request: httpx.Request) -> httpx.Response:
         requests.append(request)
         raise httpx.ConnectError("not sent by this test", request=request)
 
-    async def record_chat(self: HTTP1Pool, path: str, body: bytes, **kwargs: Any) -> Any:
-        requests.append(httpx.Request("POST", self.url(path), content=body))
-        raise httpx.ConnectError("not sent by this test")
-
-    monkeypatch.setattr(httpx.AsyncClient, "send", record)
-    monkeypatch.setattr(HTTP1Pool, "post", record_chat)
+    monkeypatch.setattr(AiohttpTransport, "handle_async_request", record)
     return requests
 
 
