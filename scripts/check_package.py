@@ -7,7 +7,11 @@
    installed package, not the source tree: the provider is listed by ``airflow providers list``, the
    example DAGs import, the price table and the spend page's templates are packaged, and the local
    GLM test server starts and answers its stats endpoint;
-3. with ``--oldest``, installs the wheel with its ``test`` extra and the oldest supported Airflow
+3. installs the wheel with its ``postgres`` and ``mysql`` extras into another fresh virtualenv and runs
+   a ``sql_conn_id`` job on each database through an Airflow connection of that type (the extras
+   bring the Airflow providers those connection types need); the PostgreSQL and MariaDB servers on
+   127.0.0.1 must be up (``GLM_TEST_POSTGRES_CONN`` / ``GLM_TEST_MYSQL_CONN`` change the URLs);
+4. with ``--oldest``, installs the wheel with its ``test`` extra and the oldest supported Airflow
    (``OLDEST_AIRFLOW``) into another fresh virtualenv and runs a smoke subset of the test suite
    against it (``pytest`` from that virtualenv, so the installed wheel is what is imported).
 
@@ -111,6 +115,52 @@ OLDEST_PINS = ["cryptography<51"]
 on ``MultiFernet`` that cryptography 51 no longer allows, so every connection lookup fails."""
 
 
+EXTRAS_JOB = """
+import json, os, sys, uuid
+import sqlalchemy as sa
+from airflow_provider_glm.operators.chat import GLMChatOperator
+from airflow_provider_glm.testing import GLMTestServer
+
+backend, url = sys.argv[1], sys.argv[2]
+table = f"extras_{uuid.uuid4().hex[:10]}"
+
+class TI:
+    dag_id, task_id, run_id, map_index, try_number = "extras", "job", "run-1", -1, 1
+    def xcom_push(self, key, value):
+        pass
+
+with GLMTestServer() as server:
+    os.environ["AIRFLOW_CONN_GLM_DEFAULT"] = json.dumps(
+        {"conn_type": "glm", "password": server.api_key, "host": server.base_url})
+    os.environ["AIRFLOW_CONN_WAREHOUSE"] = url
+    op = GLMChatOperator(task_id="job", rows=[{"id": i, "text": f"row {i}"} for i in range(3)], row_key="id",
+                         prompt="Summarize: {{ row.text }}", sql_conn_id="warehouse", results_table=table,
+                         usage_table=table + "_usage", runs_table=table + "_runs")
+    op.execute({"ti": TI(), "params": {}})
+engine = sa.create_engine(url.replace("postgres://", "postgresql+psycopg2://").replace("mysql://", "mysql+pymysql://"))
+with engine.begin() as conn:
+    ok = conn.execute(sa.text(f"SELECT COUNT(*) FROM {table} WHERE status = 'ok'")).scalar()
+    for name in (table, table + "_usage", table + "_runs"):
+        conn.execute(sa.text(f"DROP TABLE {name}"))
+assert ok == 3, ok
+print(f"sql_conn_id job on {backend} through the installed extra: 3 rows ok")
+"""
+"""A ``sql_conn_id`` job as a user runs it after ``pip install 'airflow-provider-glm[postgres]'`` (or
+``[mysql]``): an Airflow connection of type ``postgres`` / ``mysql``, read by its provider's hook."""
+EXTRAS_URLS = {
+    "postgres": os.environ.get("GLM_TEST_POSTGRES_CONN", "postgres://postgres@127.0.0.1:5432/test"),
+    "mysql": os.environ.get("GLM_TEST_MYSQL_CONN", "mysql://root@127.0.0.1:3306/test"),
+}
+
+
+def smoke_extras(wheel: Path, work: Path) -> None:
+    """The ``postgres`` and ``mysql`` extras bring what ``sql_conn_id`` needs: a job runs on each database."""
+    python = venv(work / "venv-extras", f"{wheel}[postgres,mysql]", f"apache-airflow=={NEWEST_AIRFLOW}")
+    env = isolated_env(work / "home-extras")
+    for backend, url in EXTRAS_URLS.items():
+        run(python, "-c", EXTRAS_JOB, backend, url, env=env, cwd=work)
+
+
 def smoke_oldest(wheel: Path, work: Path) -> None:
     python = venv(work / "venv-oldest", f"{wheel}[test]", f"apache-airflow=={OLDEST_AIRFLOW}", *OLDEST_PINS)
     version = run(python, "-c", "import airflow; print(airflow.__version__)", capture=True,
@@ -130,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         wheel, _ = build(work / "dist")
         python = venv(work / "venv-newest", wheel, f"apache-airflow=={NEWEST_AIRFLOW}")
         smoke_installed(python, work)
+        smoke_extras(wheel, work)
         if args.oldest:
             smoke_oldest(wheel, work)
     finally:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseHook
 from pydantic import TypeAdapter, ValidationError
 
+from airflow_provider_glm._compat import AIRFLOW_EXCEPTIONS
 from airflow_provider_glm.rows._outcomes import Outcome, OutcomeRules
 from airflow_provider_glm.rows._pricing import Pricer, PriceTable
 from airflow_provider_glm.rows._records import RunScope, utcnow
@@ -219,8 +220,19 @@ def _query_rows(config: RunConfig, builder: RequestBuilder, sink: SQLSink | None
                      chunk_size=config.source_chunk_size)
 
 
+_PROVIDER_EXTRAS = {"postgres": "postgres", "mysql": "mysql"}
+"""Connection types whose Airflow provider an extra of this package installs."""
+
+
 def _engine_of(conn: Any, conn_id: str) -> Any:
-    db_hook = conn.get_hook()
+    try:
+        db_hook = conn.get_hook()
+    except AIRFLOW_EXCEPTIONS as exc:  # Airflow's "Unknown hook type": the type's provider is not installed
+        extra = _PROVIDER_EXTRAS.get(conn.conn_type)
+        fix = (f"pip install 'airflow-provider-glm[{extra}]' installs it" if extra else
+               f"install apache-airflow-providers-{conn.conn_type}")
+        raise ValueError(f"connection {conn_id!r} is of type {conn.conn_type!r}, whose Airflow provider is not "
+                         f"installed ({exc}): {fix}") from None
     engine = getattr(db_hook, "get_sqlalchemy_engine", None)
     if engine is None:
         raise ValueError(f"connection {conn_id!r} is not a SQL connection with a SQLAlchemy engine")
