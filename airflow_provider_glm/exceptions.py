@@ -257,4 +257,10 @@ class GLMRowsFailedError(Exception):
 
 
 class GLMBudgetExceededError(Exception):
-    """The run reached ``max_total_tokens`` or ``max_cost``; undone rows were recorded as skipped."""
+    """A budget was reached (``max_total_tokens``, ``max_cost``, or the connection's budget): the attempt or
+    the rows it names were not sent and were recorded as skipped."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.call_info: Any = None
+        """When a call's attempt was refused: how its earlier attempts went (they may have been billed)."""

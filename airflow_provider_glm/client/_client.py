@@ -35,11 +35,11 @@ import httpx
 from airflow_provider_glm import constants
 from airflow_provider_glm._event_loop import run_blocking
 from airflow_provider_glm.client._auth import APIKey
-from airflow_provider_glm.client._core import Attempts, CallInfo, ClientCore, http_transport
+from airflow_provider_glm.client._core import AttemptGate, Attempts, CallInfo, ClientCore, http_transport
 from airflow_provider_glm.client._streaming import DONE, SSEDecoder
 from airflow_provider_glm.client._transport import Progress, discard, progress_of
 from airflow_provider_glm.client.models import ChatCompletion, ChatCompletionChunk, encode_body
-from airflow_provider_glm.exceptions import GLMError, GLMInvalidResponseError
+from airflow_provider_glm.exceptions import GLMBudgetExceededError, GLMError, GLMInvalidResponseError
 
 if TYPE_CHECKING:
     from airflow_provider_glm.client._calls import Call
@@ -156,14 +156,18 @@ class AsyncGLMClient:
         body = self._core.chat_body(model, messages, params, stream=False)
         return await self.send_chat(encode_body(body), request_id=body.get("request_id"), deadline=deadline)
 
-    async def send_chat(self, body: bytes, *, request_id: str | None = None,
-                        deadline: float | None = None) -> ChatCompletion:
+    async def send_chat(self, body: bytes, *, request_id: str | None = None, deadline: float | None = None,
+                        gate: AttemptGate | None = None) -> ChatCompletion:
         """Send an already validated chat request body (JSON bytes) and parse the answer.
 
         The row operators build and validate each row's body once, before any call; this sends it
         as is, with a fresh ``request_id`` per attempt (unless the body names its own, ``request_id``).
         The answer's :attr:`~airflow_provider_glm.client.models.ChatCompletion.call_info` says how
         many attempts it took and how many of them may have been billed.
+
+        :param gate: asked before every attempt (first sends, retries and resends alike) and told how
+            each ended; it refuses an attempt with
+            :class:`~airflow_provider_glm.exceptions.GLMBudgetExceededError`.
         """
         core = self._core
 
@@ -172,7 +176,7 @@ class AsyncGLMClient:
 
         attempts = Attempts(core, deadline, billable=True)
         completion, info = await self._send("POST", "chat/completions", attempts, {"content": body}, parse,
-                                            request_id=request_id, stamp=True)
+                                            request_id=request_id, stamp=True, gate=gate)
         completion._call_info = info
         return completion
 
@@ -243,7 +247,7 @@ class AsyncGLMClient:
 
     async def _send(self, method: str, path: str, attempts: Attempts, kwargs: dict[str, Any],
                     parse: Callable[[httpx.Response, bytes, str | None], T], *, request_id: str | None = None,
-                    raw: bool = False, stamp: bool = False) -> tuple[T, CallInfo]:
+                    raw: bool = False, stamp: bool = False, gate: AttemptGate | None = None) -> tuple[T, CallInfo]:
         """One call through the attempt loop: build, send, read (capped), parse, and prove the answer.
 
         :param stamp: give each attempt a fresh ``request_id`` (unless ``request_id`` is given: it is in the
@@ -275,25 +279,36 @@ class AsyncGLMClient:
                 await response.aclose()
             return result
 
-        return await self._attempts(attempts, exchange)
+        return await self._attempts(attempts, exchange, gate)
 
-    async def _attempts(self, attempts: Attempts,
-                        exchange: Callable[[float, _Attempt], Awaitable[T]]) -> tuple[T, CallInfo]:
-        """The attempt loop every call shares: send and read under the total deadline, parse, retry."""
+    async def _attempts(self, attempts: Attempts, exchange: Callable[[float, _Attempt], Awaitable[T]],
+                        gate: AttemptGate | None = None) -> tuple[T, CallInfo]:
+        """The attempt loop every call shares: admit, send and read under the total deadline, parse, retry."""
         error: GLMError
         while True:
+            if gate is not None:
+                try:
+                    await gate.admit(attempts.count + 1)
+                except GLMBudgetExceededError as refused:
+                    refused.call_info = attempts.info()  # the attempts before may have been billed
+                    raise
             attempt_deadline = attempts.begin()
             attempt = _Attempt()
             try:
                 async with asyncio.timeout(max(0.0, attempt_deadline - self._core.clock())):
                     result = await exchange(attempt_deadline, attempt)
-                return result, attempts.succeeded()
             except TimeoutError:
                 error = self._core.total_timeout(attempt.request_id, attempt.progress)
             except httpx.HTTPError as exc:
                 error = self._core.transport_error(exc, attempt.request_id)
             except GLMError as exc:
                 error = exc
+            else:
+                if gate is not None:
+                    await gate.settle(result, None)
+                return result, attempts.succeeded()
+            if gate is not None:
+                await gate.settle(None, error)
             await self._wait(attempts.failed(error))
 
     async def _wait(self, seconds: float) -> None:

@@ -13,7 +13,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import httpx
@@ -35,7 +35,7 @@ from airflow_provider_glm.exceptions import (
     error_from_response,
 )
 
-__all__ = ["AttemptObserver", "Attempts", "CallInfo", "ClientCore", "http_transport"]
+__all__ = ["AttemptGate", "AttemptObserver", "Attempts", "CallInfo", "ClientCore", "http_transport"]
 
 RECENT_ANSWERS = 65_536
 """Response ids a client remembers: an answer whose id it already accepted is another request's copy."""
@@ -44,6 +44,22 @@ AttemptObserver = Callable[[str, "GLMError | None"], None]
 """Told after every attempt: ``("ok", None)``, or ``(kind, error)`` with kind ``rate_limited``,
 ``timeout``, ``unreachable`` (the request never left), ``queued`` (it waited for a pool slot and never
 left: nothing learnt about the endpoint), ``lost`` (sent, answer lost) or ``error``."""
+
+
+class AttemptGate(Protocol):
+    """Asked before every attempt of a billable call and told how each ended: where budgets hold.
+
+    :meth:`admit` raises :class:`~airflow_provider_glm.exceptions.GLMBudgetExceededError` to refuse the
+    attempt (it is not sent; the error carries the call's :class:`CallInfo` so far). :meth:`settle` must
+    not raise: the attempt happened whatever the gate's books say.
+    """
+
+    async def admit(self, attempt: int) -> None:
+        """Reserve what attempt number ``attempt`` (1 for the first) may cost, or refuse it."""
+
+    async def settle(self, answer: Any, error: GLMError | None) -> None:
+        """The attempt ended with ``answer`` (it succeeded) or ``error`` (``error.may_have_been_billed`` says
+        whether what it reserved stays counted as possibly billed)."""
 
 
 @dataclass(frozen=True)
