@@ -1,9 +1,11 @@
 """The spend page's numbers, aggregated in SQL over the usage ledger, results and runs tables.
 
 Every query is a read-only ``SELECT`` whose answer is bounded by the shape of the deployment, not by
-how many calls or runs the period holds: the ledger is grouped by UTC day, DAG, task, model and
-currency (never by run), the most expensive runs come from ``ORDER BY ... LIMIT`` in SQL, outcomes
-are grouped by DAG, task and status, and the budget list is limited in SQL. Each query filters on
+how many calls or runs the period holds. The ledger is read once per view: one statement groups the
+period by UTC day, DAG, task, run, model and currency in the database and returns those groups summed
+up to day, DAG, task, model and currency (never per run), followed by the ``limit`` most expensive
+runs (``ORDER BY ... LIMIT`` in SQL). Outcomes are grouped by DAG, task and status, and the budget
+list is limited in SQL. Each query filters on
 the period first (``created_at`` for the ledger, ``updated_at`` for results, ``started_at`` for
 runs, at most 366 days), then on the DAGs the user may read, then on the optional DAG and model.
 
@@ -57,17 +59,21 @@ __all__ = ["SpendFilters", "SpendQueries"]  # SpendFilters is re-exported from s
 
 T = TypeVar("T")
 
-_PG_READ = sa.text("SELECT set_config('TimeZone', 'UTC', true), set_config('jit', 'off', true)")
+_PG_READ = sa.text("SELECT set_config('TimeZone', 'UTC', true), set_config('jit', 'off', true), "
+                   "set_config('max_parallel_workers_per_gather', '0', true)")
 """Every read transaction on PostgreSQL counts days in UTC (so a plain ``::date`` cast gives the UTC
-day) and skips JIT compilation, which costs more than these short aggregations gain from it."""
+day), skips JIT compilation, which costs more than these short aggregations gain from it, and starts
+no parallel workers: a view's two connections are its two database processes, whatever the server
+allows one query."""
 _PG_HASH_GROUPS = sa.text(
     "SELECT set_config('TimeZone', 'UTC', true), set_config('jit', 'off', true), "
-    "set_config('enable_sort', 'off', true)"
+    "set_config('max_parallel_workers_per_gather', '0', true), set_config('enable_sort', 'off', true)"
 )
-"""For the ledger's per-day query: hash, do not sort, to group. The planner multiplies the distinct
-counts of day, DAG, task, model and currency, expects about one group per row and would sort the
-period on disk, where a hash table of a few thousand groups takes half the time. ``work_mem`` stays
-the server's: a hash table that outgrows it spills to disk rather than taking more memory."""
+"""For the ledger's statement: hash, do not sort, to group. The planner multiplies the distinct
+counts of day, DAG, task, run, model and currency, expects about one group per row and would sort
+the period on disk, where a hash table of the groups takes half the time (only the top runs' short
+list is still sorted). ``work_mem`` stays the server's: a hash table that outgrows it spills to disk
+rather than taking more memory."""
 
 
 class SpendQueries:
@@ -101,9 +107,14 @@ class SpendQueries:
 
         :return: ``{"totals", "by_dag", "by_model", "daily"}``; see docs/dashboard.md.
         """
-        sums = self._ledger(f)
+        sums = self._ledger(f)["sums"]
         return {"totals": sums["totals"], "by_dag": sums["by_dag"], "by_model": sums["by_model"],
                 "daily": sums["daily"][f.stack]}
+
+    def expensive_runs(self, f: SpendFilters) -> list[dict[str, Any]]:
+        """The ``f.limit`` DAG runs that cost the most in the period, most expensive first (per currency),
+        ranked and cut by the database in the ledger's statement."""
+        return list(self._ledger(f)["runs"])
 
     def tasks(self, f: SpendFilters) -> list[dict[str, Any]]:
         """Per DAG and task: result rows by outcome (results table) and spend (ledger).
@@ -111,25 +122,31 @@ class SpendQueries:
         ``rows`` counts result rows written in the period; ``reused`` those whose answer came from an
         earlier run at no cost; ``cost_per_1000_rows`` is the ledger cost over ``rows``, per currency.
         """
-        sums, outcomes = self._concurrently(lambda: self._ledger(f), lambda: self._outcomes(f))
-        return merge_tasks(outcomes, sums["task_spend"])
+        ledger, outcomes = self._concurrently(lambda: self._ledger(f), lambda: self._outcomes(f))
+        return merge_tasks(outcomes, ledger["sums"]["task_spend"])
 
     def page(self, f: SpendFilters) -> dict[str, Any]:
-        """Everything the page shows, on two connections at most: the ledger's sums on one; the
-        outcomes, the expensive runs and the budgets one after the other on the other.
+        """Everything the page shows, on two connections at most: the ledger's statement (sums and top
+        runs) on one; the outcomes and then the budgets on the other.
 
         :return: ``{"overview", "tasks", "runs", "budgets"}``, as the methods of the same names return.
         """
-        sums, (outcomes, runs, budgets) = self._concurrently(
-            lambda: self._ledger(f), lambda: (self._outcomes(f), self.expensive_runs(f), self.budgets(f)))
+        ledger, (outcomes, budgets) = self._concurrently(
+            lambda: self._ledger(f), lambda: (self._outcomes(f), self.budgets(f)))
+        sums = ledger["sums"]
         overview = {"totals": sums["totals"], "by_dag": sums["by_dag"], "by_model": sums["by_model"],
                     "daily": sums["daily"][f.stack]}
-        return {"overview": overview, "tasks": merge_tasks(outcomes, sums["task_spend"]), "runs": runs,
-                "budgets": budgets}
+        return {"overview": overview, "tasks": merge_tasks(outcomes, sums["task_spend"]),
+                "runs": list(ledger["runs"]), "budgets": budgets}
 
     def _ledger(self, f: SpendFilters) -> dict[str, Any]:
-        """The ledger's period grouped by UTC day, DAG, task, model and currency, folded (cached)."""
-        return self._answer("ledger", f, lambda: fold_ledger(self._fetch(self._ledger_sums(f), hash_groups=True)))
+        """``{"sums": fold_ledger(groups), "runs": [the f.limit most expensive runs]}`` (cached)."""
+        def compute() -> dict[str, Any]:
+            rows = self._fetch(self._ledger_query(f), hash_groups=True)
+            return {"sums": fold_ledger([r for r in rows if r["kind"] == 0]),
+                    "runs": [run_row(r) for r in rows if r["kind"] == 1]}
+
+        return self._answer("ledger", f, compute)
 
     def _outcomes(self, f: SpendFilters) -> list[dict[str, Any]]:
         """Result rows of the period by DAG, task and status (cached)."""
@@ -137,32 +154,51 @@ class SpendQueries:
 
     def _answer(self, piece: str, f: SpendFilters, compute: Callable[[], T]) -> T:
         """``compute()``, or its answer from the cache, keyed by everything the piece's SQL reads."""
-        limit = f.limit if piece in ("runs", "budgets") else None
+        limit = f.limit if piece in ("ledger", "budgets") else None
         key: Hashable = (self._scope, piece, f.start, f.end, f.dag_ids, f.dag_id, f.model, limit)
         return self._cache.get(key, compute)
 
-    def _ledger_sums(self, f: SpendFilters) -> sa.Select[Any]:
-        """The ledger grouped by UTC day, DAG, task, model and currency, with every sum."""
+    def _ledger_query(self, f: SpendFilters) -> sa.CompoundSelect[Any]:
+        """One scan of the ledger's period: its groups per day, DAG, task, model and currency (``kind`` 0),
+        then the ``f.limit`` most expensive runs (``kind`` 1), from groups per day, DAG, task, run, model
+        and currency that stay in the database."""
         t = self.usage
         known = sa.case((t.c.billing == "known", 1), else_=0)
         unpriced = sa.case((sa.and_(t.c.billing == "known", t.c.cost.is_(None)), 1), else_=0)
         day = self._day(t.c.created_at)
-        keys = [t.c.dag_id, t.c.task_id, t.c.model, t.c.currency]
-        return (
-            sa.select(
-                day.label("day"), *keys,
-                sa.func.sum(known).label("calls"),
-                sa.func.count().label("entries"),
-                sa.func.sum(unpriced).label("unpriced_calls"),
-                *(sa.func.sum(t.c[name]).label(name) for name in TOKENS),
-                sa.func.sum(t.c.cost).label("cost"),
-                sa.func.sum(t.c.unknown_billing_attempts).label("possibly_billed_attempts"),
-                sa.func.sum(t.c.unknown_tokens_max).label("possibly_billed_tokens_max"),
-                sa.func.sum(t.c.unknown_cost_max).label("possibly_billed_cost_max"),
-            )
+        keys = [t.c.dag_id, t.c.task_id, t.c.run_id, t.c.model, t.c.currency]
+        sums = {"calls": sa.func.sum(known), "entries": sa.func.count(), "unpriced_calls": sa.func.sum(unpriced),
+                **{name: sa.func.sum(t.c[name]) for name in TOKENS}, "cost": sa.func.sum(t.c.cost),
+                "possibly_billed_attempts": sa.func.sum(t.c.unknown_billing_attempts),
+                "possibly_billed_tokens_max": sa.func.sum(t.c.unknown_tokens_max),
+                "possibly_billed_cost_max": sa.func.sum(t.c.unknown_cost_max)}
+        g = (
+            sa.select(day.label("day"), *keys, *(value.label(name) for name, value in sums.items()),
+                      sa.func.min(t.c.created_at).label("first_call"), sa.func.max(t.c.created_at).label("last_call"))
             .where(*self._ledger_where(f))
             .group_by(day, *keys)
+            .cte("glm_spend_groups")
         )
+        totals = [sa.func.sum(g.c[name]).label(name) for name in sums]
+        # Typed NULLs: PostgreSQL reads an untyped NULL in the runs' subquery as text, which no date unites with.
+        none = {name: sa.cast(sa.null(), g.c[name].type) for name in ("day", "task_id", "run_id", "model")}
+        no_run, no_time = none["run_id"], sa.cast(sa.null(), t.c.created_at.type)
+        per_day = (
+            sa.select(sa.literal_column("0").label("kind"), g.c.day, g.c.dag_id, g.c.task_id, no_run.label("run_id"),
+                      g.c.model, g.c.currency, *totals, no_time.label("first_call"), no_time.label("last_call"))
+            .group_by(g.c.day, g.c.dag_id, g.c.task_id, g.c.model, g.c.currency)
+        )
+        cost = sa.func.sum(g.c.cost)
+        top_runs = (
+            sa.select(sa.literal_column("1").label("kind"), none["day"].label("day"), g.c.dag_id,
+                      none["task_id"].label("task_id"), g.c.run_id, none["model"].label("model"), g.c.currency, *totals,
+                      sa.func.min(g.c.first_call).label("first_call"), sa.func.max(g.c.last_call).label("last_call"))
+            .group_by(g.c.dag_id, g.c.run_id, g.c.currency)
+            .order_by(sa.func.coalesce(cost, 0).desc(), g.c.dag_id, g.c.run_id)
+            .limit(f.limit)
+            .subquery("glm_spend_top_runs")
+        )
+        return sa.union_all(per_day, sa.select(top_runs))
 
     def _task_outcomes(self, f: SpendFilters) -> sa.Select[Any]:
         r = self.results
@@ -179,25 +215,6 @@ class SpendQueries:
         """Run each call in its own thread (each takes its own pooled connection); at most two calls."""
         with ThreadPoolExecutor(max_workers=len(calls), thread_name_prefix="glm-spend") as pool:
             return [future.result() for future in [pool.submit(call) for call in calls]]
-
-    def expensive_runs(self, f: SpendFilters) -> list[dict[str, Any]]:
-        """The ``f.limit`` DAG runs that cost the most in the period, most expensive first (per currency),
-        ranked and cut by the database (cached)."""
-        return self._answer("runs", f, lambda: [run_row(row) for row in self._fetch(self._top_runs(f))])
-
-    def _top_runs(self, f: SpendFilters) -> sa.Select[Any]:
-        u = self.usage
-        cost = sa.func.sum(u.c.cost)
-        return (
-            sa.select(u.c.dag_id, u.c.run_id, u.c.currency, sa.func.count().label("entries"),
-                      sa.func.sum(u.c.total_tokens).label("total_tokens"),
-                      cost.label("cost"), sa.func.min(u.c.created_at).label("first_call"),
-                      sa.func.max(u.c.created_at).label("last_call"))
-            .where(*self._ledger_where(f))
-            .group_by(u.c.dag_id, u.c.run_id, u.c.currency)
-            .order_by(sa.func.coalesce(cost, 0).desc(), u.c.dag_id, u.c.run_id)
-            .limit(f.limit)
-        )
 
     def budgets(self, f: SpendFilters) -> list[dict[str, Any]]:
         """The ``f.limit`` task tries that set ``max_cost`` (runs table), the most burnt budget first (cached)."""
@@ -258,9 +275,10 @@ class SpendQueries:
             # A plain cast: _fetch sets the transaction's time zone to UTC. Twice as fast as
             # date(timezone('UTC', x)) on a 300,000-row period.
             return sa.cast(column, sa.Date)
-        return sa.func.date(column)
+        return sa.func.date(column, type_=sa.String)
 
-    def _fetch(self, query: sa.Select[Any], *, hash_groups: bool = False) -> list[dict[str, Any]]:
+    def _fetch(self, query: sa.Select[Any] | sa.CompoundSelect[Any], *,
+               hash_groups: bool = False) -> list[dict[str, Any]]:
         """The rows of one query, in a transaction of its own that only reads, holding a gate slot."""
         with self._gate.slot() if self._gate is not None else nullcontext(), self._engine.connect() as conn:
             if conn.dialect.name == "postgresql":
