@@ -199,8 +199,8 @@ def _report(n: int, reps: int, res: dict[str, Any] | None) -> str:
         "manager's dependencies are fixed (all 50 DAGs readable), so the times are the page's SQL and rendering. "
         f"Median of {reps} requests after one warm-up. *cold*: the answer cache off, every request reads the "
         "database; *cached*: the app as shipped (60 s cache), after the request that filled it. The page "
-        "(`/glm-spend/`) reads the ledger's groups on one connection and the outcomes, top runs and budgets on "
-        f"another; at most {res['most_queries_at_once']} spend queries ran at once. "
+        "(`/glm-spend/`) reads the ledger's groups and top runs in one statement on one connection and the "
+        f"outcomes and budgets on another; at most {res['most_queries_at_once']} spend queries ran at once. "
         f"Goal for the default view (`GET /glm-spend/`, 30 days): < {goal:,.0f} ms.", "",
         table(["Indexes", "Period", "Request", "Cache", "Median ms", "Range ms", f"< {goal:,.0f} ms"], rows), "",
         "Proposed indexes: " + "; ".join(f"`{ddl.format(results='<results>', runs='<runs>')}`" for ddl in PROPOSED)
