@@ -3,7 +3,8 @@
 Two shapes, both for ``GLMChatOperator.partial(...).expand(...)``:
 
 * :func:`partition_queries` turns one ``source_sql`` into N queries that each read a disjoint part
-  (``WHERE <key> % N = i``), for ``.expand(source_sql=...)``: each mapped task streams its part.
+  (the key's non-negative remainder modulo N; NULL keys in the first part), for
+  ``.expand(source_sql=...)``: each mapped task streams its part.
 * :func:`split_rows` cuts a list of rows into N lists of nearly equal size, for ``.expand(rows=...)``
   (call it in the upstream task that returns the rows).
 
@@ -35,10 +36,17 @@ _KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*")
 def partition_queries(sql: str, partitions: int, *, key: str = "id", key_expression: str | None = None) -> list[str]:
     """``partitions`` queries that together return exactly the rows of ``sql``, each a disjoint part.
 
-    The query is wrapped, not edited: ``SELECT * FROM (<sql>) glm_part WHERE (<key>) % N = i``. The modulo
-    works on an integer column on SQLite, PostgreSQL and MySQL/MariaDB; for another key give
-    ``key_expression``, an integer expression over the query's columns (e.g. ``abs(hashtext(id))`` on
-    PostgreSQL, ``crc32(id)`` on MySQL). The SQL may hold Airflow templates (``{{ ds }}``): each part
+    The query is wrapped, not edited::
+
+        SELECT * FROM (<sql>) glm_part WHERE COALESCE((((<key>) % N) + N) % N, 0) = i
+
+    A row goes to part ``key mod N`` counted non-negatively (as Python's ``%``: key -3 of 4 parts goes
+    to part 1), and a row whose key is NULL to the first part, so negative, zero, NULL and 64-bit keys
+    each land in exactly one part. SQL's ``%`` keeps the dividend's sign on SQLite, PostgreSQL and
+    MySQL/MariaDB, hence the ``+ N``; the remainder is below N in size, so the sum cannot overflow.
+    The key must be an integer column; for another key give ``key_expression``, an integer
+    expression over the query's columns (e.g. ``hashtext(glm_part.id)`` on PostgreSQL,
+    ``crc32(glm_part.id)`` on MySQL). The SQL may hold Airflow templates (``{{ ds }}``): each part
     is rendered per mapped task.
 
     :param sql: the query of the whole job (no trailing semicolon).
@@ -54,7 +62,9 @@ def partition_queries(sql: str, partitions: int, *, key: str = "id", key_express
     if not body:
         raise ValueError("sql is empty")
     expression = key_expression or f"glm_part.{key}"
-    return [f"SELECT * FROM ({body}) glm_part WHERE ({expression}) % {partitions} = {i}" for i in range(partitions)]
+    n = partitions
+    part = f"COALESCE(((({expression}) % {n}) + {n}) % {n}, 0)"
+    return [f"SELECT * FROM ({body}) glm_part WHERE {part} = {i}" for i in range(n)]
 
 
 def split_rows(rows: Sequence[T] | Any, partitions: int) -> list[list[T]]:

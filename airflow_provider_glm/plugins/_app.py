@@ -3,8 +3,13 @@
 Mounted by the API server at ``/glm-spend`` (see :mod:`~airflow_provider_glm.plugins.spend`).
 Every route asks Airflow's auth manager who the caller is (the UI's ``_token`` cookie or an
 ``Authorization: Bearer`` token) and answers only about the DAGs that user may read; an anonymous
-request gets 401. The routes are synchronous: they block on SQL, so FastAPI runs them in its
-thread pool.
+request gets 401. Only ``/openapi.json`` (the routes and their parameters, no data) and the static
+files are served without login, as Airflow serves its own API's schema. The routes are synchronous:
+they block on SQL, so FastAPI runs them in its thread pool. The app keeps one answer cache and one
+query gate for the process (:mod:`~airflow_provider_glm.plugins._spend_cache`).
+
+A database or connection failure is logged in full with an error id, and the viewer sees only a
+generic message with that id: no SQL, table, connection or driver text reaches the browser.
 
 No ``from __future__ import annotations`` here: FastAPI reads the route and dependency
 annotations at runtime, and they name types imported inside :func:`create_app`.
@@ -14,6 +19,7 @@ import datetime as dt
 import functools
 import logging
 import threading
+import uuid
 from dataclasses import dataclass
 from importlib import resources
 from typing import TYPE_CHECKING, Annotated, Any, Literal
@@ -25,6 +31,7 @@ from fastapi.staticfiles import StaticFiles
 from sqlalchemy.exc import SQLAlchemyError
 
 from airflow_provider_glm.plugins import _svg_chart as svg_chart
+from airflow_provider_glm.plugins._spend_cache import CACHE_SECONDS, AnswerCache, QueryGate, SpendBusy
 from airflow_provider_glm.plugins._spend_queries import SpendFilters, SpendQueries
 
 if TYPE_CHECKING:
@@ -35,7 +42,12 @@ __all__ = ["SpendConfig", "create_app"]
 log = logging.getLogger(__name__)
 
 _DEFAULT_DAYS = 30
+_MAX_DAYS = 366
 _CHART_SERIES = 8
+FIRST_DAY = dt.date(1970, 1, 1)
+"""The earliest day a period may start on."""
+LAST_DAY = dt.date(9999, 12, 30)
+"""The latest day a period may end on (its end, the next midnight, must still be a date)."""
 
 
 @dataclass(frozen=True)
@@ -92,21 +104,31 @@ def _engine_of(conn_id: str) -> "Engine":
 
 
 class _Unavailable(Exception):
-    """The page cannot read the tables (not configured, or the connection is not usable)."""
+    """The page cannot read the tables: the connection is missing or not a SQL connection (logged, not shown)."""
 
 
-def create_app(config: "SpendConfig | None" = None) -> FastAPI:
+class _NotConfigured(Exception):
+    """``[glm] spend_conn_id`` is not set (the message names only that setting, so it is shown)."""
+
+
+def create_app(config: "SpendConfig | None" = None, *, cache: AnswerCache | None = None,
+               gate: QueryGate | None = None) -> FastAPI:
     """Build the app.
 
     :param config: where the tables are; default: read from ``airflow.cfg`` on each request.
+    :param cache: the answer cache; default answers are kept :data:`CACHE_SECONDS` seconds.
+    :param gate: the limit on spend queries at once; default the process's :class:`QueryGate`.
 
     The two auth dependencies are in ``app.state.auth_dependencies`` (``may_read_dags``: the route
-    guard, ``readable_dag_ids``: the DAG filter), for ``app.dependency_overrides`` in benchmarks.
+    guard, ``readable_dag_ids``: the DAG filter), for ``app.dependency_overrides`` in benchmarks;
+    the cache and the gate are ``app.state.cache`` and ``app.state.gate``.
     """
     from airflow.api_fastapi.app import get_auth_manager
     from airflow.api_fastapi.core_api.security import GetUserDep, requires_access_dag
 
     engines = _Engines()
+    cache = cache if cache is not None else AnswerCache(CACHE_SECONDS)
+    gate = gate if gate is not None else QueryGate()
     app = FastAPI(title="GLM spend", description="Tokens and cost from the GLM usage ledger.", docs_url=None,
                   redoc_url=None, openapi_url="/openapi.json")
     static = resources.files("airflow_provider_glm.plugins") / "static"
@@ -117,7 +139,8 @@ def create_app(config: "SpendConfig | None" = None) -> FastAPI:
 
     def filters(
         readable: Annotated[frozenset[str], Depends(readable_dag_ids)],
-        days: Annotated[int, Query(ge=1, le=366, description="The last N UTC days, today included.")] = _DEFAULT_DAYS,
+        days: Annotated[int, Query(ge=1, le=_MAX_DAYS, description="The last N UTC days, today included.")] = (
+            _DEFAULT_DAYS),
         start: Annotated[dt.date | None, Query(description="First UTC day (overrides days).")] = None,
         end: Annotated[dt.date | None, Query(description="Last UTC day, included (default today).")] = None,
         dag_id: Annotated[str | None, Query(description="Only this DAG.")] = None,
@@ -129,12 +152,19 @@ def create_app(config: "SpendConfig | None" = None) -> FastAPI:
                                  "stack": stack, "limit": limit}
         if start is None and end is None:
             return SpendFilters.last_days(days, **extra)
-        today = dt.datetime.now(dt.UTC).date()
-        last = end or today
-        first = start or last - dt.timedelta(days=days - 1)
-        if last < first or (last - first).days > 366:
+        for name, day in (("start", start), ("end", end)):
+            if day is not None and not FIRST_DAY <= day <= LAST_DAY:
+                raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT,
+                                    f"{name}={day} is outside the dates the page can show, {FIRST_DAY} to {LAST_DAY}")
+        last = end or dt.datetime.now(dt.UTC).date()
+        if start is None and last.toordinal() - (days - 1) < FIRST_DAY.toordinal():
             raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT,
-                                f"the period {first}..{last} must run forwards and span at most 366 days")
+                                f"the {days} days up to end={last} start before {FIRST_DAY}, the earliest day the "
+                                "page can show")
+        first = start or last - dt.timedelta(days=days - 1)
+        if last < first or (last - first).days >= _MAX_DAYS:
+            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT,
+                                f"the period {first}..{last} must run forwards and span at most {_MAX_DAYS} days")
         midnight = dt.time(tzinfo=dt.UTC)
         return SpendFilters(start=dt.datetime.combine(first, midnight),
                             end=dt.datetime.combine(last + dt.timedelta(days=1), midnight), **extra)
@@ -142,28 +172,36 @@ def create_app(config: "SpendConfig | None" = None) -> FastAPI:
     def queries() -> SpendQueries:
         cfg = config or SpendConfig.from_airflow()
         if not cfg.spend_conn_id:
-            raise _Unavailable("the spend page is not configured: set [glm] spend_conn_id in airflow.cfg to the "
-                               "connection of the database that holds the usage ledger")
-        return SpendQueries(engines.get(cfg.spend_conn_id), cfg.usage_table, cfg.results_table, cfg.runs_table)
+            raise _NotConfigured("the spend page is not configured: set [glm] spend_conn_id in airflow.cfg to the "
+                                 "connection of the database that holds the usage ledger")
+        return SpendQueries(engines.get(cfg.spend_conn_id), cfg.usage_table, cfg.results_table, cfg.runs_table,
+                            cache=cache, gate=gate)
 
     may_read_dags = requires_access_dag("GET")
     guard = [Depends(may_read_dags)]
     app.state.auth_dependencies = {"may_read_dags": may_read_dags, "readable_dag_ids": readable_dag_ids}
+    app.state.cache = cache
+    app.state.gate = gate
     Filters = Annotated[SpendFilters, Depends(filters)]
 
-    @app.exception_handler(_Unavailable)
-    def unavailable(request: Request, exc: _Unavailable) -> Response:
-        if "/api/" in request.url.path:
-            return JSONResponse({"detail": str(exc)}, status_code=status.HTTP_503_SERVICE_UNAVAILABLE)
-        return HTMLResponse(_render("message.html", title="GLM spend is not available", message=str(exc)),
-                            status_code=status.HTTP_503_SERVICE_UNAVAILABLE)
+    @app.exception_handler(_NotConfigured)
+    def not_configured(request: Request, exc: _NotConfigured) -> Response:
+        return _unavailable(request, str(exc))
 
+    @app.exception_handler(_Unavailable)
     @app.exception_handler(SQLAlchemyError)
-    def unreadable(request: Request, exc: SQLAlchemyError) -> Response:
-        log.warning("GLM spend page: reading the spend tables failed", exc_info=exc)
-        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0][:300]
-        return unavailable(request, _Unavailable(f"cannot read the spend tables ({type(exc).__name__}: {reason}); "
-                                                 "check [glm] spend_conn_id and the table names"))
+    def unreadable(request: Request, exc: Exception) -> Response:
+        error_id = uuid.uuid4().hex[:12]
+        log.error("GLM spend page: error id %s: %s %s could not read the spend tables: %s: %s", error_id,
+                  request.method, request.url.path, type(exc).__name__, exc, exc_info=exc)
+        return _unavailable(request, f"The spend page could not read its data (error id {error_id}). An Airflow "
+                                     "administrator can find the cause in the API server's log under this id.")
+
+    @app.exception_handler(SpendBusy)
+    def busy(request: Request, exc: SpendBusy) -> Response:
+        log.warning("GLM spend page: %s %s refused: %s", request.method, request.url.path, exc)
+        return _unavailable(request, "The spend page is busy answering other requests; try again in a minute.",
+                            headers={"Retry-After": "30"})
 
     @app.get("/api/summary", dependencies=guard)
     def summary(f: Filters) -> dict[str, Any]:
@@ -200,16 +238,30 @@ def create_app(config: "SpendConfig | None" = None) -> FastAPI:
 
     @app.exception_handler(HTTPException)
     def refused(request: Request, exc: HTTPException) -> Response:
-        wants_html = "/api/" not in request.url.path and "text/html" in request.headers.get("accept", "")
-        if wants_html and exc.status_code in (status.HTTP_401_UNAUTHORIZED, status.HTTP_403_FORBIDDEN):
-            message = ("Log in to Airflow first: this page shows spend only to users who may read the DAGs."
-                       if exc.status_code == status.HTTP_401_UNAUTHORIZED
-                       else "You may not read the DAG (or DAGs) this page was asked about.")
+        if _wants_html(request) and exc.status_code in (status.HTTP_401_UNAUTHORIZED, status.HTTP_403_FORBIDDEN,
+                                                        status.HTTP_422_UNPROCESSABLE_CONTENT):
+            message = {
+                status.HTTP_401_UNAUTHORIZED:
+                    "Log in to Airflow first: this page shows spend only to users who may read the DAGs.",
+                status.HTTP_403_FORBIDDEN: "You may not read the DAG (or DAGs) this page was asked about.",
+            }.get(exc.status_code, str(exc.detail))
             return HTMLResponse(_render("message.html", title="GLM spend", message=message),
                                 status_code=exc.status_code)
         return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
 
     return app
+
+
+def _wants_html(request: Request) -> bool:
+    return "/api/" not in request.url.path and "text/html" in request.headers.get("accept", "")
+
+
+def _unavailable(request: Request, message: str, headers: dict[str, str] | None = None) -> Response:
+    """503 with ``message``: JSON for the API, the message page otherwise."""
+    if "/api/" in request.url.path:
+        return JSONResponse({"detail": message}, status_code=status.HTTP_503_SERVICE_UNAVAILABLE, headers=headers)
+    return HTMLResponse(_render("message.html", title="GLM spend is not available", message=message),
+                        status_code=status.HTTP_503_SERVICE_UNAVAILABLE, headers=headers)
 
 
 def _period(f: SpendFilters) -> dict[str, Any]:

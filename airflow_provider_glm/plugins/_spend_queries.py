@@ -1,9 +1,19 @@
 """The spend page's numbers, aggregated in SQL over the usage ledger, results and runs tables.
 
-Every query is a read-only ``SELECT`` that groups in the database (by day, DAG, task, model,
-currency), so a ledger of millions of rows returns a few thousand grouped rows at most. Each one
-filters on the period first (``created_at`` for the ledger, ``updated_at`` for results,
-``started_at`` for runs), then on the DAGs the user may read, then on the optional DAG and model.
+Every query is a read-only ``SELECT`` whose answer is bounded by the shape of the deployment, not by
+how many calls or runs the period holds. The ledger is read once per view: one statement groups the
+period by UTC day, DAG, task, run, model and currency in the database and returns those groups summed
+up to day, DAG, task, model and currency (never per run), followed by the ``limit`` most expensive
+runs (``ORDER BY ... LIMIT`` in SQL). Outcomes are grouped by DAG, task and status, and the budget
+list is limited in SQL. Each query filters on
+the period first (``created_at`` for the ledger, ``updated_at`` for results, ``started_at`` for
+runs, at most 366 days), then on the DAGs the user may read, then on the optional DAG and model.
+
+A view runs its queries on at most two connections at once; with a :class:`QueryGate`, at most
+``gate.slots`` spend queries run at once in the process over all views, and with an
+:class:`AnswerCache` each answer is computed once per key while it is fresh (the key holds the
+tables, the period, the filters and the readable DAGs, so users never share an answer they could not
+compute themselves).
 
 Costs are never added across currencies: every cost figure comes per currency (``""`` when the
 ledger has no price for the model). Days are UTC calendar days. Every grouped expression is a plain
@@ -13,25 +23,26 @@ Airflow's postgres provider uses) ``coalesce(x, $1)`` in the select list and ``c
 
 Example::
 
-    queries = SpendQueries(engine)
+    queries = SpendQueries(engine, cache=AnswerCache(), gate=QueryGate())
     period = SpendFilters.last_days(30, dag_ids={"nightly_summary"})
     queries.overview(period)["totals"]["calls"]
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from concurrent.futures import ThreadPoolExecutor
-from decimal import Decimal
-from typing import Any
+from contextlib import nullcontext
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from airflow_provider_glm.plugins._spend_cache import AnswerCache, QueryGate
 from airflow_provider_glm.plugins._spend_rows import (
     TOKENS,
     SpendFilters,
-    fold_overview,
+    fold_ledger,
     iso,
     merge_tasks,
     money,
@@ -46,15 +57,23 @@ from airflow_provider_glm.sinks.sql._tables import (
 
 __all__ = ["SpendFilters", "SpendQueries"]  # SpendFilters is re-exported from spend_rows
 
-_PG_UTC = sa.text("SELECT set_config('TimeZone', 'UTC', true)")
-"""Every read transaction on PostgreSQL counts days in UTC, so a plain ``::date`` cast gives the UTC day."""
+T = TypeVar("T")
+
+_PG_READ = sa.text("SELECT set_config('TimeZone', 'UTC', true), set_config('jit', 'off', true), "
+                   "set_config('max_parallel_workers_per_gather', '0', true)")
+"""Every read transaction on PostgreSQL counts days in UTC (so a plain ``::date`` cast gives the UTC
+day), skips JIT compilation, which costs more than these short aggregations gain from it, and starts
+no parallel workers: a view's two connections are its two database processes, whatever the server
+allows one query."""
 _PG_HASH_GROUPS = sa.text(
-    "SELECT set_config('TimeZone', 'UTC', true), set_config('enable_sort', 'off', true), "
-    "set_config('work_mem', '64MB', true)"
+    "SELECT set_config('TimeZone', 'UTC', true), set_config('jit', 'off', true), "
+    "set_config('max_parallel_workers_per_gather', '0', true), set_config('enable_sort', 'off', true)"
 )
-"""For the per-day query: hash, do not sort, to group. The planner multiplies the distinct counts of
-day, DAG, model and currency, expects about one group per row and sorts 300,000 rows on disk, where
-a hash table of a few thousand groups takes half the time."""
+"""For the ledger's statement: hash, do not sort, to group. The planner multiplies the distinct
+counts of day, DAG, task, run, model and currency, expects about one group per row and would sort
+the period on disk, where a hash table of the groups takes half the time (only the top runs' short
+list is still sorted). ``work_mem`` stays the server's: a hash table that outgrows it spills to disk
+rather than taking more memory."""
 
 
 class SpendQueries:
@@ -64,53 +83,38 @@ class SpendQueries:
     :param usage_table: the ledger, ``table`` or ``schema.table``.
     :param results_table: the results table.
     :param runs_table: the runs table.
+    :param cache: where answers are kept between requests; default none kept.
+    :param gate: the limit on queries at once shared by every view; default no limit.
     """
 
     def __init__(self, engine: Engine, usage_table: str = "glm_usage", results_table: str = "glm_results",
-                 runs_table: str = "glm_runs") -> None:
+                 runs_table: str = "glm_runs", *, cache: AnswerCache | None = None,
+                 gate: QueryGate | None = None) -> None:
         metadata = sa.MetaData()
         self._engine = engine
         self.usage = usage_table_def(metadata, *validate_table_name(usage_table))
         self.results = results_table_def(metadata, *validate_table_name(results_table))
         self.runs = runs_table_def(metadata, *validate_table_name(runs_table))
+        self._cache = cache or AnswerCache(ttl=0)
+        self._gate = gate
+        self._scope = (engine.url.render_as_string(hide_password=True),
+                       *(t.fullname for t in (self.usage, self.results, self.runs)))
 
     # --- the page's sections --------------------------------------------------------------------
 
     def overview(self, f: SpendFilters) -> dict[str, Any]:
-        """Totals, per-DAG and per-model sums, and the daily series, from the ledger grouped per day.
-
-        The period is read as two concurrent halves, as in :meth:`page`.
+        """Totals, per-DAG and per-model sums, and the daily series (split by ``f.stack``).
 
         :return: ``{"totals", "by_dag", "by_model", "daily"}``; see docs/dashboard.md.
         """
-        parts = self._concurrently(*(lambda part=part: self._fetch(self._ledger_sums(part, ()), hash_groups=True)
-                                     for part in f.split(2)))
-        return fold_overview([row for part in parts for row in part], f.stack)
+        sums = self._ledger(f)["sums"]
+        return {"totals": sums["totals"], "by_dag": sums["by_dag"], "by_model": sums["by_model"],
+                "daily": sums["daily"][f.stack]}
 
-    def _ledger_sums(self, f: SpendFilters, extra_keys: tuple[str, ...]) -> sa.Select[Any]:
-        """The ledger grouped by UTC day, DAG, model, currency and ``extra_keys``, with every sum."""
-        t = self.usage
-        known = sa.case((t.c.billing == "known", 1), else_=0)
-        unpriced = sa.case((sa.and_(t.c.billing == "known", t.c.cost.is_(None)), 1), else_=0)
-        day = self._day(t.c.created_at)
-        keys = [t.c.dag_id, *(t.c[key] for key in extra_keys), t.c.model, t.c.currency]
-        return (
-            sa.select(
-                day.label("day"), *keys,
-                sa.func.sum(known).label("calls"),
-                sa.func.count().label("entries"),
-                sa.func.sum(unpriced).label("unpriced_calls"),
-                *(sa.func.sum(t.c[name]).label(name) for name in TOKENS),
-                sa.func.sum(t.c.cost).label("cost"),
-                sa.func.sum(t.c.unknown_billing_attempts).label("possibly_billed_attempts"),
-                sa.func.sum(t.c.unknown_tokens_max).label("possibly_billed_tokens_max"),
-                sa.func.sum(t.c.unknown_cost_max).label("possibly_billed_cost_max"),
-                sa.func.min(t.c.created_at).label("first_call"),
-                sa.func.max(t.c.created_at).label("last_call"),
-            )
-            .where(*self._ledger_where(f))
-            .group_by(day, *keys)
-        )
+    def expensive_runs(self, f: SpendFilters) -> list[dict[str, Any]]:
+        """The ``f.limit`` DAG runs that cost the most in the period, most expensive first (per currency),
+        ranked and cut by the database in the ledger's statement."""
+        return list(self._ledger(f)["runs"])
 
     def tasks(self, f: SpendFilters) -> list[dict[str, Any]]:
         """Per DAG and task: result rows by outcome (results table) and spend (ledger).
@@ -118,46 +122,83 @@ class SpendQueries:
         ``rows`` counts result rows written in the period; ``reused`` those whose answer came from an
         earlier run at no cost; ``cost_per_1000_rows`` is the ledger cost over ``rows``, per currency.
         """
-        outcomes, spend = self._concurrently(lambda: self._fetch(self._task_outcomes(f)),
-                                             lambda: self._fetch(self._task_spend(f)))
-        return merge_tasks(outcomes, spend)
+        ledger, outcomes = self._concurrently(lambda: self._ledger(f), lambda: self._outcomes(f))
+        return merge_tasks(outcomes, ledger["sums"]["task_spend"])
 
     def page(self, f: SpendFilters) -> dict[str, Any]:
-        """Everything the page shows, from one scan of the ledger's period and one of the results'.
-
-        The ledger is grouped by day, DAG, task, run, model and currency once, and the overview, the
-        per-task spend and the expensive runs are summed from those groups (a few per task run). The
-        ledger is read as two half-periods split at a day boundary (days are grouping keys, so the
-        halves' groups never overlap), concurrently with the results and runs queries, each on its
-        own connection: the database can use a core for each.
+        """Everything the page shows, on two connections at most: the ledger's statement (sums and top
+        runs) on one; the outcomes and then the budgets on the other.
 
         :return: ``{"overview", "tasks", "runs", "budgets"}``, as the methods of the same names return.
         """
-        halves = f.split(2)
-        *parts, outcomes, budgets = self._concurrently(
-            *(lambda part=part: self._fetch(self._ledger_sums(part, ("task_id", "run_id")), hash_groups=True)
-              for part in halves),
-            lambda: self._fetch(self._task_outcomes(f)), lambda: self.budgets(f))
-        grains = [row for part in parts for row in part]
-        spend: dict[tuple[str, str, str], dict[str, Any]] = {}
-        runs: dict[tuple[str, str, str], dict[str, Any]] = {}
-        for row in grains:
-            task = spend.setdefault((row["dag_id"], row["task_id"], row["currency"]), {
-                "dag_id": row["dag_id"], "task_id": row["task_id"], "currency": row["currency"],
-                "entries": 0, "total_tokens": 0, "cost": None})
-            run = runs.setdefault((row["dag_id"], row["run_id"], row["currency"]), {
-                "dag_id": row["dag_id"], "run_id": row["run_id"], "currency": row["currency"], "entries": 0,
-                "total_tokens": 0, "cost": None, "first_call": row["first_call"], "last_call": row["last_call"]})
-            for item in (task, run):
-                item["entries"] += int(row["entries"])
-                item["total_tokens"] += int(row["total_tokens"] or 0)
-                if row["cost"] is not None:
-                    item["cost"] = (item["cost"] or Decimal(0)) + Decimal(row["cost"])
-            run["first_call"] = min(run["first_call"], row["first_call"])
-            run["last_call"] = max(run["last_call"], row["last_call"])
-        top = sorted(runs.values(), key=lambda r: (-(r["cost"] or 0), r["dag_id"], r["run_id"], r["currency"]))
-        return {"overview": fold_overview(grains, f.stack), "tasks": merge_tasks(outcomes, list(spend.values())),
-                "runs": [run_row(r) for r in top[:f.limit]], "budgets": budgets}
+        ledger, (outcomes, budgets) = self._concurrently(
+            lambda: self._ledger(f), lambda: (self._outcomes(f), self.budgets(f)))
+        sums = ledger["sums"]
+        overview = {"totals": sums["totals"], "by_dag": sums["by_dag"], "by_model": sums["by_model"],
+                    "daily": sums["daily"][f.stack]}
+        return {"overview": overview, "tasks": merge_tasks(outcomes, sums["task_spend"]),
+                "runs": list(ledger["runs"]), "budgets": budgets}
+
+    def _ledger(self, f: SpendFilters) -> dict[str, Any]:
+        """``{"sums": fold_ledger(groups), "runs": [the f.limit most expensive runs]}`` (cached)."""
+        def compute() -> dict[str, Any]:
+            rows = self._fetch(self._ledger_query(f), hash_groups=True)
+            return {"sums": fold_ledger([r for r in rows if r["kind"] == 0]),
+                    "runs": [run_row(r) for r in rows if r["kind"] == 1]}
+
+        return self._answer("ledger", f, compute)
+
+    def _outcomes(self, f: SpendFilters) -> list[dict[str, Any]]:
+        """Result rows of the period by DAG, task and status (cached)."""
+        return self._answer("outcomes", f, lambda: self._fetch(self._task_outcomes(f)))
+
+    def _answer(self, piece: str, f: SpendFilters, compute: Callable[[], T]) -> T:
+        """``compute()``, or its answer from the cache, keyed by everything the piece's SQL reads."""
+        limit = f.limit if piece in ("ledger", "budgets") else None
+        key: Hashable = (self._scope, piece, f.start, f.end, f.dag_ids, f.dag_id, f.model, limit)
+        return self._cache.get(key, compute)
+
+    def _ledger_query(self, f: SpendFilters) -> sa.CompoundSelect[Any]:
+        """One scan of the ledger's period: its groups per day, DAG, task, model and currency (``kind`` 0),
+        then the ``f.limit`` most expensive runs (``kind`` 1), from groups per day, DAG, task, run, model
+        and currency that stay in the database."""
+        t = self.usage
+        known = sa.case((t.c.billing == "known", 1), else_=0)
+        unpriced = sa.case((sa.and_(t.c.billing == "known", t.c.cost.is_(None)), 1), else_=0)
+        day = self._day(t.c.created_at)
+        keys = [t.c.dag_id, t.c.task_id, t.c.run_id, t.c.model, t.c.currency]
+        sums = {"calls": sa.func.sum(known), "entries": sa.func.count(), "unpriced_calls": sa.func.sum(unpriced),
+                **{name: sa.func.sum(t.c[name]) for name in TOKENS}, "cost": sa.func.sum(t.c.cost),
+                "possibly_billed_attempts": sa.func.sum(t.c.unknown_billing_attempts),
+                "possibly_billed_tokens_max": sa.func.sum(t.c.unknown_tokens_max),
+                "possibly_billed_cost_max": sa.func.sum(t.c.unknown_cost_max)}
+        g = (
+            sa.select(day.label("day"), *keys, *(value.label(name) for name, value in sums.items()),
+                      sa.func.min(t.c.created_at).label("first_call"), sa.func.max(t.c.created_at).label("last_call"))
+            .where(*self._ledger_where(f))
+            .group_by(day, *keys)
+            .cte("glm_spend_groups")
+        )
+        totals = [sa.func.sum(g.c[name]).label(name) for name in sums]
+        # Typed NULLs: PostgreSQL reads an untyped NULL in the runs' subquery as text, which no date unites with.
+        none = {name: sa.cast(sa.null(), g.c[name].type) for name in ("day", "task_id", "run_id", "model")}
+        no_run, no_time = none["run_id"], sa.cast(sa.null(), t.c.created_at.type)
+        per_day = (
+            sa.select(sa.literal_column("0").label("kind"), g.c.day, g.c.dag_id, g.c.task_id, no_run.label("run_id"),
+                      g.c.model, g.c.currency, *totals, no_time.label("first_call"), no_time.label("last_call"))
+            .group_by(g.c.day, g.c.dag_id, g.c.task_id, g.c.model, g.c.currency)
+        )
+        cost = sa.func.sum(g.c.cost)
+        top_runs = (
+            sa.select(sa.literal_column("1").label("kind"), none["day"].label("day"), g.c.dag_id,
+                      none["task_id"].label("task_id"), g.c.run_id, none["model"].label("model"), g.c.currency, *totals,
+                      sa.func.min(g.c.first_call).label("first_call"), sa.func.max(g.c.last_call).label("last_call"))
+            .group_by(g.c.dag_id, g.c.run_id, g.c.currency)
+            .order_by(sa.func.coalesce(cost, 0).desc(), g.c.dag_id, g.c.run_id)
+            .limit(f.limit)
+            .subquery("glm_spend_top_runs")
+        )
+        return sa.union_all(per_day, sa.select(top_runs))
 
     def _task_outcomes(self, f: SpendFilters) -> sa.Select[Any]:
         r = self.results
@@ -169,39 +210,17 @@ class SpendQueries:
             .group_by(r.c.dag_id, r.c.task_id, r.c.status)
         )
 
-    def _task_spend(self, f: SpendFilters) -> sa.Select[Any]:
-        u = self.usage
-        return (
-            sa.select(u.c.dag_id, u.c.task_id, u.c.currency, sa.func.count().label("entries"),
-                      sa.func.sum(u.c.total_tokens).label("total_tokens"), sa.func.sum(u.c.cost).label("cost"))
-            .where(*self._ledger_where(f))
-            .group_by(u.c.dag_id, u.c.task_id, u.c.currency)
-        )
-
     @staticmethod
     def _concurrently(*calls: Callable[[], Any]) -> list[Any]:
-        """Run each call in its own thread (each query takes its own pooled connection)."""
+        """Run each call in its own thread (each takes its own pooled connection); at most two calls."""
         with ThreadPoolExecutor(max_workers=len(calls), thread_name_prefix="glm-spend") as pool:
             return [future.result() for future in [pool.submit(call) for call in calls]]
 
-    def expensive_runs(self, f: SpendFilters) -> list[dict[str, Any]]:
-        """The DAG runs that cost the most in the period, most expensive first (per currency)."""
-        u = self.usage
-        cost = sa.func.sum(u.c.cost)
-        query = (
-            sa.select(u.c.dag_id, u.c.run_id, u.c.currency, sa.func.count().label("entries"),
-                      sa.func.sum(u.c.total_tokens).label("total_tokens"),
-                      cost.label("cost"), sa.func.min(u.c.created_at).label("first_call"),
-                      sa.func.max(u.c.created_at).label("last_call"))
-            .where(*self._ledger_where(f))
-            .group_by(u.c.dag_id, u.c.run_id, u.c.currency)
-            .order_by(sa.func.coalesce(cost, 0).desc(), u.c.dag_id, u.c.run_id)
-            .limit(f.limit)
-        )
-        return [run_row(row) for row in self._fetch(query)]
-
     def budgets(self, f: SpendFilters) -> list[dict[str, Any]]:
-        """Task tries that set ``max_cost`` (runs table), the most burnt budget first."""
+        """The ``f.limit`` task tries that set ``max_cost`` (runs table), the most burnt budget first (cached)."""
+        return self._answer("budgets", f, lambda: self._budget_rows(f))
+
+    def _budget_rows(self, f: SpendFilters) -> list[dict[str, Any]]:
         r = self.runs
         burn = r.c.cost / sa.func.nullif(r.c.max_cost, 0)
         where = [r.c.max_cost.is_not(None), r.c.started_at >= f.start, r.c.started_at < f.end,
@@ -256,13 +275,15 @@ class SpendQueries:
             # A plain cast: _fetch sets the transaction's time zone to UTC. Twice as fast as
             # date(timezone('UTC', x)) on a 300,000-row period.
             return sa.cast(column, sa.Date)
-        return sa.func.date(column)
+        return sa.func.date(column, type_=sa.String)
 
-    def _fetch(self, query: sa.Select[Any], *, hash_groups: bool = False) -> list[dict[str, Any]]:
-        with self._engine.connect() as conn:
+    def _fetch(self, query: sa.Select[Any] | sa.CompoundSelect[Any], *,
+               hash_groups: bool = False) -> list[dict[str, Any]]:
+        """The rows of one query, in a transaction of its own that only reads, holding a gate slot."""
+        with self._gate.slot() if self._gate is not None else nullcontext(), self._engine.connect() as conn:
             if conn.dialect.name == "postgresql":
                 conn = conn.execution_options(postgresql_readonly=True)
-                conn.execute(_PG_HASH_GROUPS if hash_groups else _PG_UTC)
+                conn.execute(_PG_HASH_GROUPS if hash_groups else _PG_READ)
             rows = [dict(row) for row in conn.execute(query).mappings()]
             conn.rollback()
         for row in rows:

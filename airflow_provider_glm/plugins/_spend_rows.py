@@ -1,20 +1,20 @@
 """What the spend page asks for, and how grouped rows become its figures (no database access here).
 
 :class:`SpendFilters` is the period and the DAGs and model to include; the functions fold the rows
-:class:`~airflow_provider_glm.plugins._spend_queries.SpendQueries` returns into totals per currency,
-per day, per task and per run.
+:class:`~airflow_provider_glm.plugins._spend_queries.SpendQueries` returns (the ledger grouped by
+day, DAG, task, model and currency; outcomes by DAG, task and status; the top runs) into totals per
+currency, per day, per task and per run.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-__all__ = ["RESULT_STATUSES", "TOKENS", "SpendFilters", "Sums", "fold_overview", "iso", "merge_tasks", "money",
+__all__ = ["RESULT_STATUSES", "TOKENS", "SpendFilters", "Sums", "fold_ledger", "iso", "merge_tasks", "money",
            "run_row"]
 
 TOKENS = ("prompt_tokens", "completion_tokens", "total_tokens", "cached_tokens", "reasoning_tokens")
@@ -61,14 +61,6 @@ class SpendFilters:
                                                                               microsecond=0)
         return cls(start=today - dt.timedelta(days=days - 1), end=today + dt.timedelta(days=1), **kwargs)
 
-    def split(self, parts: int) -> list[SpendFilters]:
-        """The period cut into up to ``parts`` consecutive pieces at UTC midnights (fewer for short periods)."""
-        days = self.days()
-        size = -(-len(days) // max(1, min(parts, len(days))))
-        cuts = [dt.datetime.fromisoformat(day).replace(tzinfo=dt.UTC) for day in days[size::size]]
-        bounds = [self.start, *cuts, self.end]
-        return [dataclasses.replace(self, start=a, end=b) for a, b in zip(bounds, bounds[1:], strict=False)]
-
     def days(self) -> list[str]:
         """Every UTC day of the period, ``YYYY-MM-DD``, oldest first."""
         day = self.start.astimezone(dt.UTC).date()
@@ -80,35 +72,76 @@ class SpendFilters:
         return out
 
 
-def fold_overview(rows: list[dict[str, Any]], stack: str) -> dict[str, Any]:
-    """Totals, per-DAG, per-model and per-day sums from ledger rows grouped at least by day, DAG and model."""
-    counters = ("calls", "entries", "unpriced_calls", *TOKENS, "possibly_billed_attempts",
-                "possibly_billed_tokens_max")
-    money = ("cost", "possibly_billed_cost_max")
-    daily_counters = (counters.index("calls"), counters.index("total_tokens"))
-    totals = Sums(counters, money)
-    by_dag: dict[str, Sums] = {}
-    by_model: dict[str, Sums] = {}
-    daily: dict[tuple[str, str, str], Sums] = {}
+_COUNTERS = ("calls", "entries", "unpriced_calls", *TOKENS, "possibly_billed_attempts", "possibly_billed_tokens_max")
+_MONEY = ("cost", "possibly_billed_cost_max")
+_CALLS, _ENTRIES, _TOTAL = _COUNTERS.index("calls"), _COUNTERS.index("entries"), _COUNTERS.index("total_tokens")
+
+
+def fold_ledger(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Totals, per-DAG, per-model, per-day (by model and by DAG) and per-task sums of ledger rows grouped
+    by day, DAG, task, model and currency.
+
+    Each row is added once per figure keyed by currency, with plain lists; the per-currency sums are
+    then merged into :class:`Sums` (a few per DAG and model), so folding stays cheap for many rows.
+
+    :return: ``{"totals", "by_dag", "by_model", "daily": {"model": [...], "dag": [...]}, "task_spend"}``;
+        ``task_spend`` rows are ``{"dag_id", "task_id", "currency", "entries", "total_tokens", "cost"}``.
+    """
+    per_dag: dict[tuple[str, str], list[Any]] = {}
+    per_model: dict[tuple[str, str], list[Any]] = {}
+    daily: dict[str, dict[tuple[str, str, str], list[Any]]] = {"model": {}, "dag": {}}
+    tasks: dict[tuple[str, str, str], list[Any]] = {}
+    per_dag_model: dict[tuple[str, str, str], list[Any]] = {}
     for row in rows:
-        values = [int(row[name] or 0) for name in counters]
-        amounts = [None if row[name] is None else Decimal(row[name]) for name in money]
-        currency = row["currency"]
-        totals.add(values, amounts, currency)
-        for table, key in ((by_dag, row["dag_id"]), (by_model, row["model"])):
-            if key not in table:
-                table[key] = Sums(counters, money)
-            table[key].add(values, amounts, currency)
-        day_key = (str(row["day"])[:10], row["model"] if stack == "model" else row["dag_id"], currency)
-        if day_key not in daily:
-            daily[day_key] = Sums(("calls", "total_tokens"), ("cost",))
-        daily[day_key].add([values[i] for i in daily_counters], amounts[:1], currency)
+        amounts = [None if row[name] is None else Decimal(row[name]) for name in _MONEY]
+        values = [int(row[name] or 0) for name in _COUNTERS]
+        currency, dag_id, model, cost = row["currency"], row["dag_id"], row["model"], amounts[0]
+        day = str(row["day"])[:10]
+        _add(per_dag_model, (dag_id, model, currency), values, amounts)
+        _add(daily["model"], (day, model, currency), [values[_CALLS], values[_TOTAL]], [cost])
+        _add(daily["dag"], (day, dag_id, currency), [values[_CALLS], values[_TOTAL]], [cost])
+        _add(tasks, (dag_id, row["task_id"], currency), [values[_ENTRIES], values[_TOTAL]], [cost])
+    for (dag_id, model, currency), sums in per_dag_model.items():
+        _add(per_dag, (dag_id, currency), sums[:len(_COUNTERS)], sums[len(_COUNTERS):])
+        _add(per_model, (model, currency), sums[:len(_COUNTERS)], sums[len(_COUNTERS):])
+    totals = Sums(_COUNTERS, _MONEY)
+    by_dag = _merge(per_dag, totals)
+    by_model = _merge(per_model, None)
     return {
         "totals": totals.as_dict(),
         "by_dag": [{"dag_id": k, **v.as_dict()} for k, v in sorted(by_dag.items())],
         "by_model": [{"model": k, **v.as_dict()} for k, v in sorted(by_model.items())],
-        "daily": [{"day": d, "key": k, "currency": c, **v.as_dict()} for (d, k, c), v in sorted(daily.items())],
+        "daily": {stack: [{"day": d, "key": k, "currency": c, "calls": v[0], "total_tokens": v[1],
+                           "cost": {} if v[2] is None else {c: money(v[2])}} for (d, k, c), v in sorted(series.items())]
+                  for stack, series in daily.items()},
+        "task_spend": [{"dag_id": d, "task_id": t, "currency": c, "entries": v[0], "total_tokens": v[1], "cost": v[2]}
+                       for (d, t, c), v in sorted(tasks.items())],
     }
+
+
+def _add(table: dict[Any, list[Any]], key: Any, values: list[int], amounts: list[Decimal | None]) -> None:
+    """Add counters and amounts (``None``: no amount) to ``table[key]``, a list of counters then amounts."""
+    sums = table.get(key)
+    if sums is None:
+        table[key] = [*values, *amounts]
+        return
+    count = len(values)
+    for index in range(count):
+        sums[index] += values[index]
+    for index, amount in enumerate(amounts, start=count):
+        if amount is not None:
+            sums[index] = amount if sums[index] is None else sums[index] + amount
+
+
+def _merge(per_currency: dict[tuple[str, str], list[Any]], totals: Sums | None) -> dict[str, Sums]:
+    """Per-key, per-currency lists merged into one :class:`Sums` per key (and into ``totals``)."""
+    out: dict[str, Sums] = {}
+    count = len(_COUNTERS)
+    for (key, currency), sums in per_currency.items():
+        for target in (out.setdefault(key, Sums(_COUNTERS, _MONEY)), totals):
+            if target is not None:
+                target.add(sums[:count], sums[count:], currency)
+    return out
 
 
 def run_row(row: Mapping[str, Any]) -> dict[str, Any]:

@@ -2,7 +2,9 @@
 
 For a ledger on SQLite and on PostgreSQL: the page opened from the Airflow navigation shows totals
 equal to SQL sums over the seeded ledger, the DAG and model filters change them, a user who may not
-read a DAG sees none of its spend, and an anonymous request is refused. The SQLite run saves the
+read a DAG sees none of its spend, and an anonymous request is refused (only the schema,
+``openapi.json``, is public). Issue 22: extreme dates answer 422, and a database error is logged in
+the API server's log with an error id while the viewer sees only the id. The SQLite run saves the
 screenshot docs/dashboard.md shows (into ``GLM_SCREENSHOT_DIR`` when set, else the test's temp dir).
 """
 
@@ -11,6 +13,8 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import re
+import time
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -49,7 +53,7 @@ def spend_server(request: pytest.FixtureRequest, start_api_server: Any,
             f"spend-{request.param}",
             AIRFLOW__GLM__SPEND_CONN_ID="glm_spend_db", AIRFLOW_CONN_GLM_SPEND_DB=json.dumps(conn),
             AIRFLOW__GLM__USAGE_TABLE=names.usage, AIRFLOW__GLM__RESULTS_TABLE=names.results,
-            AIRFLOW__GLM__RUNS_TABLE=names.runs,
+            AIRFLOW__GLM__RUNS_TABLE=names.runs, PYTHONUNBUFFERED="1",  # the log test reads the log as it is written
         )
         ledger = usage_table_def(sa.MetaData(), None, names.usage)
         yield server, engine, ledger
@@ -121,6 +125,30 @@ def test_anonymous_requests_are_refused(spend_server: tuple[ApiServer, sa.Engine
     page.context.close()
 
 
+def test_only_the_schema_is_public_and_it_names_nothing(spend_server: tuple[ApiServer, sa.Engine, Any]) -> None:
+    """``openapi.json`` is served without login, as the API server serves Airflow's own schema; every path it
+    lists refuses anonymous requests, and it names no table, connection or DAG."""
+    server, _, ledger = spend_server
+    assert httpx.get(f"{server.url}/openapi.json", timeout=60).status_code == 200, "Airflow's own schema is public"
+    schema = httpx.get(f"{server.url}/glm-spend/openapi.json", timeout=60)
+    assert schema.status_code == 200
+    paths = set(schema.json()["paths"])
+    assert paths == {"/api/summary", "/api/daily", "/api/tasks", "/api/runs", "/api/budgets", "/"}
+    for path in paths:
+        assert httpx.get(f"{server.url}/glm-spend{path}", timeout=60).status_code == 401, path
+    for name in (ledger.name, "glm_spend_db", *DAG_IDS):
+        assert name not in schema.text
+
+
+def test_extreme_dates_answer_422(spend_server: tuple[ApiServer, sa.Engine, Any]) -> None:
+    server, _, _ = spend_server
+    admin = {"Authorization": f"Bearer {server.token('admin')}"}
+    for end in ("9999-12-31", "0001-01-01"):
+        answer = httpx.get(f"{server.url}/glm-spend/api/summary", params={"end": end}, headers=admin, timeout=60)
+        assert answer.status_code == 422, answer.text
+        assert f"end={end} is outside the dates the page can show" in answer.json()["detail"]
+
+
 def test_totals_equal_the_ledger_and_filters_change_them(
         spend_server: tuple[ApiServer, sa.Engine, Any], browser: Any, request: pytest.FixtureRequest,
         tmp_path: Path) -> None:
@@ -180,3 +208,34 @@ def test_a_user_sees_only_dags_they_may_read(spend_server: tuple[ApiServer, sa.E
                         timeout=60)
     assert allowed.status_code == 200
     assert [row["dag_id"] for row in allowed.json()["by_dag"]] == [HIDDEN_DAG]
+
+
+def test_a_database_error_is_logged_with_its_id_and_viewers_see_only_the_id(
+        spend_server: tuple[ApiServer, sa.Engine, Any], browser: Any) -> None:
+    """Last in the module: the ledger is renamed for the length of the test, then put back."""
+    server, engine, ledger = spend_server
+    hidden = f"{ledger.name}_away"
+    with engine.begin() as conn:
+        conn.execute(sa.text(f"ALTER TABLE {ledger.name} RENAME TO {hidden}"))
+    try:
+        admin = {"Authorization": f"Bearer {server.token('admin')}"}
+        answer = httpx.get(f"{server.url}/glm-spend/api/summary", params={"days": 3, "model": "glm-4.5"},
+                           headers=admin, timeout=60)
+        assert answer.status_code == 503
+        (error_id,) = re.findall(r"error id ([0-9a-f]{12})", answer.json()["detail"])
+        assert ledger.name not in answer.text
+        page = open_as(browser, server, "admin")
+        page.goto(f"{server.url}/glm-spend/?days=2")
+        shown = page.get_by_test_id("message").inner_text()
+        assert "could not read its data (error id" in shown
+        assert ledger.name not in page.content()
+        page.context.close()
+        deadline = time.monotonic() + 120
+        while error_id not in server.log.read_text(errors="replace") and time.monotonic() < deadline:
+            time.sleep(0.2)  # polling the log file the server writes, not waiting for a result
+        log = server.log.read_text(errors="replace")
+        line = next(line for line in log.splitlines() if error_id in line)
+        assert ledger.name in log[log.index(line):], "the server's log has the whole error after the id"
+    finally:
+        with engine.begin() as conn:
+            conn.execute(sa.text(f"ALTER TABLE {hidden} RENAME TO {ledger.name}"))

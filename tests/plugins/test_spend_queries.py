@@ -186,13 +186,3 @@ def test_page_equals_the_sections_queried_one_by_one(seeded: tuple[SpendQueries,
     assert page["tasks"] == queries.tasks(f)
     assert page["runs"] == queries.expensive_runs(f)
     assert page["budgets"] == queries.budgets(f)
-
-
-def test_split_cuts_the_period_at_utc_midnights() -> None:
-    f = SpendFilters(start=dt.datetime(2026, 1, 1, 12, tzinfo=dt.UTC), end=dt.datetime(2026, 1, 4, 6, tzinfo=dt.UTC))
-    parts = f.split(2)
-    assert [(p.start.isoformat(), p.end.isoformat()) for p in parts] == [
-        ("2026-01-01T12:00:00+00:00", "2026-01-03T00:00:00+00:00"),
-        ("2026-01-03T00:00:00+00:00", "2026-01-04T06:00:00+00:00")]
-    assert SpendFilters.last_days(1, now=NOW).split(2) == [SpendFilters.last_days(1, now=NOW)]
-    assert len(SpendFilters.last_days(30, now=NOW).split(3)) == 3
