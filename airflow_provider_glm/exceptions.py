@@ -76,7 +76,7 @@ class GLMError(Exception):
         self.pool_wait = False
         """``True`` when the attempt ended waiting for a free connection of the client's own pool (not sent)."""
         self.call_info: Any = None
-        """How the failed call went (:class:`~airflow_provider_glm.client._core.CallInfo`), set by the client:
+        """How the failed call went (:class:`~airflow_provider_glm.client._attempts.CallInfo`), set by the client:
         its attempts, and how many of them may have been billed."""
 
     @property

@@ -22,9 +22,10 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from airflow_provider_glm.client._attempts import CallInfo
     from airflow_provider_glm.client._auth import APIKey
     from airflow_provider_glm.client._calls import AsyncTask, Batch, BatchList, FileObject
-    from airflow_provider_glm.client._client import AsyncGLMClient, CallInfo, GLMClient
+    from airflow_provider_glm.client._client import AsyncGLMClient, GLMClient
     from airflow_provider_glm.client.retry import RetryPolicy
 
 __all__ = ["APIKey", "AsyncGLMClient", "AsyncTask", "Batch", "BatchList", "CallInfo", "FileObject", "GLMClient",
@@ -32,7 +33,7 @@ __all__ = ["APIKey", "AsyncGLMClient", "AsyncTask", "Batch", "BatchList", "CallI
 
 _HOMES = {
     "APIKey": "_auth", "AsyncTask": "_calls", "Batch": "_calls", "BatchList": "_calls", "FileObject": "_calls",
-    "AsyncGLMClient": "_client", "CallInfo": "_client", "GLMClient": "_client", "RetryPolicy": "retry",
+    "AsyncGLMClient": "_client", "CallInfo": "_attempts", "GLMClient": "_client", "RetryPolicy": "retry",
 }
 
 

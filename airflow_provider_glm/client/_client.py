@@ -34,8 +34,9 @@ import httpx
 
 from airflow_provider_glm import constants
 from airflow_provider_glm._event_loop import run_blocking
+from airflow_provider_glm.client._attempts import AttemptGate, Attempts, CallInfo
 from airflow_provider_glm.client._auth import APIKey
-from airflow_provider_glm.client._core import AttemptGate, Attempts, CallInfo, ClientCore, http_transport
+from airflow_provider_glm.client._core import ClientCore, http_transport
 from airflow_provider_glm.client._streaming import DONE, SSEDecoder
 from airflow_provider_glm.client._transport import Progress, discard, progress_of
 from airflow_provider_glm.client.models import ChatCompletion, ChatCompletionChunk, encode_body

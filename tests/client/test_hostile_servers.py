@@ -21,7 +21,7 @@ import pytest
 from _scripted import Scripted, answer, chunked, completion, run, write
 
 from airflow_provider_glm.client import AsyncGLMClient
-from airflow_provider_glm.client._core import attempt_kind
+from airflow_provider_glm.client._attempts import attempt_kind
 from airflow_provider_glm.exceptions import GLMConnectionError, GLMInvalidResponseError, GLMTimeoutError
 
 BODY = json.dumps({"model": "glm-4.5", "messages": [{"role": "user", "content": "hi"}]}).encode()
