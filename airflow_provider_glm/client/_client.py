@@ -38,7 +38,7 @@ from airflow_provider_glm.client._attempts import AttemptGate, Attempts, CallInf
 from airflow_provider_glm.client._auth import APIKey
 from airflow_provider_glm.client._core import ClientCore, http_transport
 from airflow_provider_glm.client._streaming import DONE, SSEDecoder
-from airflow_provider_glm.client._transport import Progress, discard, progress_of
+from airflow_provider_glm.client._transport import Progress, arrives_decoded, discard, progress_of
 from airflow_provider_glm.client.models import ChatCompletion, ChatCompletionChunk, encode_body
 from airflow_provider_glm.exceptions import GLMBudgetExceededError, GLMError, GLMInvalidResponseError
 
@@ -240,7 +240,9 @@ class AsyncGLMClient:
                     limit: int | None = None) -> bytes:
         chunks: list[bytes] = []
         received = 0
-        async for data in response.aiter_bytes():
+        # aiohttp's answers arrive decoded; another transport's (tests') go through httpx's decoders
+        reader = response.aiter_raw() if arrives_decoded(response) else response.aiter_bytes()
+        async for data in reader:
             received += len(data)
             self._core.check_progress(received, deadline, request_id, limit)
             chunks.append(data)

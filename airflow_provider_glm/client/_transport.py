@@ -7,11 +7,14 @@ feed), keep-alive pooling, Happy Eyeballs, proxies (``CONNECT`` for ``https://``
 bounded decompression of gzip, deflate, brotli and zstd. Nothing here parses HTTP.
 
 What this module adds is the mapping of failures onto the two facts the ledger needs. Every request
-carries a :class:`Progress` that aiohttp's tracing hooks move through ``pending``, ``queued`` (waiting
-for a pool slot), ``connecting`` and ``sent`` (the request head is being written). A failure before
-``sent`` is raised as an httpx error that means "never sent" (``PoolTimeout``, ``ConnectTimeout``,
-``ConnectError``): nothing can have been billed. A failure after it means "may have been billed"
-(``ReadTimeout``, ``ReadError``, ``RemoteProtocolError``), whatever aiohttp called it.
+carries a :class:`Progress` that moves through ``queued`` (waiting for one of the transport's
+``max_connections`` slots), ``connecting`` (aiohttp's connector finding or opening a connection, a
+proxy tunnel and TLS included) and ``sent`` (the connector handed over a connection: the head is
+written next). A failure before ``sent`` is raised as an httpx error that means "never sent"
+(``PoolTimeout``, ``ConnectTimeout``, ``ConnectError``): nothing can have been billed. A failure after
+it means "may have been billed" (``ReadTimeout``, ``ReadError``, ``RemoteProtocolError``), whatever
+aiohttp called it. The stage is told by the connector (:class:`_Connector`), through a context variable
+of the request's task: aiohttp's tracing hooks would cost a coroutine per event and request.
 
 Answers arrive decoded: the ``Content-Encoding`` header is removed from the httpx response, so httpx
 does not decode twice, and the client counts decoded bytes against its cap while aiohttp's flow
@@ -21,9 +24,9 @@ control keeps what is inflated ahead of the reader small.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from types import SimpleNamespace
 from typing import Any
 
 import aiohttp
@@ -32,7 +35,7 @@ from multidict import CIMultiDict
 
 from airflow_provider_glm.client._network import ProxyChoice
 
-__all__ = ["AiohttpTransport", "Progress", "discard", "progress_of"]
+__all__ = ["AiohttpTransport", "Progress", "arrives_decoded", "discard", "progress_of"]
 
 _PROGRESS_KEY = "glm_progress"
 _DROPPED_REQUEST_HEADERS = frozenset({"host", "content-length", "transfer-encoding", "connection"})
@@ -65,25 +68,21 @@ def progress_of(request: httpx.Request) -> Progress:
     return progress
 
 
-def _tracing() -> aiohttp.TraceConfig:
-    trace = aiohttp.TraceConfig(trace_config_ctx_factory=SimpleNamespace)
-
-    def moves_to(stage: str) -> Any:
-        async def hook(session: Any, context: Any, params: Any) -> None:
-            progress = context.trace_request_ctx
-            if isinstance(progress, Progress) and progress.stage != "sent":
-                progress.stage = stage
-        return hook
-
-    trace.on_connection_queued_start.append(moves_to("queued"))
-    trace.on_connection_queued_end.append(moves_to("pending"))
-    trace.on_connection_create_start.append(moves_to("connecting"))
-    trace.on_request_headers_sent.append(moves_to("sent"))
-    trace.freeze()
-    return trace
+_CURRENT: contextvars.ContextVar[Progress | None] = contextvars.ContextVar("glm_request_progress", default=None)
+"""The progress of the request the current task is sending (read by :class:`_Connector`)."""
 
 
-_TRACE = _tracing()
+class _Connector(aiohttp.TCPConnector):
+    """aiohttp's connector, telling the request in flight when it has its connection (the head goes out next)."""
+
+    async def connect(self, req: Any, traces: Any, timeout: Any) -> Any:
+        progress = _CURRENT.get()
+        if progress is not None:
+            progress.stage = "connecting"
+        connection = await super().connect(req, traces, timeout)
+        if progress is not None:
+            progress.stage = "sent"
+        return connection
 
 
 class AiohttpTransport(httpx.AsyncBaseTransport):
@@ -101,45 +100,60 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         self._proxy_auth = (aiohttp.BasicAuth(proxy.login, proxy.password or "")
                             if proxy is not None and proxy.login is not None else None)
         self._session: aiohttp.ClientSession | None = None
+        self._slots: asyncio.Semaphore | None = None
 
     def _open(self) -> aiohttp.ClientSession:
         session = self._session
         if session is None or session.closed:
-            connector = aiohttp.TCPConnector(limit=self._max_connections, ssl=self._ssl,
-                                             keepalive_timeout=KEEPALIVE_SECONDS)
+            # the slots bound the connections (a request holds one until its answer is released): the wait
+            # for one is ours to see, so aiohttp's own limit is off
+            self._slots = asyncio.Semaphore(self._max_connections)
+            connector = _Connector(limit=0, ssl=self._ssl, keepalive_timeout=KEEPALIVE_SECONDS)
             session = self._session = aiohttp.ClientSession(
-                connector=connector, trace_configs=[_TRACE], timeout=aiohttp.ClientTimeout(total=None),
-                auto_decompress=True, cookie_jar=aiohttp.DummyCookieJar(), trust_env=False,
-                max_headers=MAX_HEADERS, max_field_size=MAX_FIELD_SIZE, max_line_size=MAX_FIELD_SIZE,
+                connector=connector, timeout=aiohttp.ClientTimeout(total=None), auto_decompress=True,
+                cookie_jar=aiohttp.DummyCookieJar(), trust_env=False, max_headers=MAX_HEADERS,
+                max_field_size=MAX_FIELD_SIZE, max_line_size=MAX_FIELD_SIZE,
             )
         return session
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         progress = progress_of(request)
-        progress.stage = "pending"
+        session = self._open()
+        slots = self._slots
+        assert slots is not None
+        progress.stage = "queued"
+        await slots.acquire()
+        try:
+            response = await self._request(session, request, progress)
+        except BaseException:
+            slots.release()
+            raise
+        return httpx.Response(response.status, headers=_answer_headers(response),
+                              stream=_Body(response, progress, request, slots.release), request=request,
+                              extensions={"reason_phrase": (response.reason or "").encode(),
+                                          "http_version": b"HTTP/1.1"})
+
+    async def _request(self, session: aiohttp.ClientSession, request: httpx.Request,
+                       progress: Progress) -> aiohttp.ClientResponse:
         timeouts = request.extensions.get("timeout", {})
         headers = CIMultiDict((k, v) for k, v in request.headers.multi_items()
                               if k.lower() not in _DROPPED_REQUEST_HEADERS)
         body = await request.aread()
+        progress.stage = "pending"
+        token = _CURRENT.set(progress)
         try:
-            response = await self._open().request(
+            return await session.request(
                 request.method, str(request.url), data=body or None, headers=headers, allow_redirects=False,
                 timeout=aiohttp.ClientTimeout(total=None, connect=None, sock_connect=timeouts.get("connect"),
                                               sock_read=timeouts.get("read")),
                 proxy=self._proxy.url if self._proxy is not None else None, proxy_auth=self._proxy_auth,
-                trace_request_ctx=progress,
             )
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             raise _mapped(exc, progress, request, self._proxy) from None
-        progress.stage = "sent"
-        decoded = response.headers.get("Content-Encoding", "").strip().lower() in _DECODED
-        out_headers = [(k, v) for k, v in response.raw_headers
-                       if not (decoded and k.lower() in (b"content-encoding", b"content-length"))]
-        return httpx.Response(response.status, headers=out_headers, stream=_Body(response, progress, request),
-                              request=request, extensions={"reason_phrase": (response.reason or "").encode(),
-                                                           "http_version": b"HTTP/1.1"})
+        finally:
+            _CURRENT.reset(token)
 
     async def aclose(self) -> None:
         if self._session is not None:
@@ -147,14 +161,25 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             self._session = None
 
 
+def _answer_headers(response: aiohttp.ClientResponse) -> list[tuple[bytes, bytes]]:
+    """The answer's headers for httpx; without ``Content-Encoding`` (and the encoded length) when aiohttp
+    decoded the body, so that httpx does not decode it again."""
+    decoded = response.headers.get("Content-Encoding", "").strip().lower() in _DECODED
+    return [(k, v) for k, v in response.raw_headers
+            if not (decoded and k.lower() in (b"content-encoding", b"content-length"))]
+
+
 class _Body(httpx.AsyncByteStream):
     """An answer's body as aiohttp decodes it; closing it returns the connection to the pool, or drops it
-    when :func:`discard` was called (an answer that cannot be trusted leaves nothing behind to misread)."""
+    when :func:`discard` was called (an answer that cannot be trusted leaves nothing behind to misread),
+    and frees the request's slot."""
 
-    def __init__(self, response: aiohttp.ClientResponse, progress: Progress, request: httpx.Request) -> None:
+    def __init__(self, response: aiohttp.ClientResponse, progress: Progress, request: httpx.Request,
+                 free: Any) -> None:
         self._response = response
         self._progress = progress
         self._request = request
+        self._free = free
         self.discarded = False
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
@@ -169,10 +194,19 @@ class _Body(httpx.AsyncByteStream):
             raise _mapped(exc, self._progress, self._request) from None
 
     async def aclose(self) -> None:
+        free, self._free = self._free, None
+        if free is None:
+            return
         if self.discarded:
             self._response.close()
         else:
             self._response.release()
+        free()
+
+
+def arrives_decoded(response: httpx.Response) -> bool:
+    """Whether ``response`` came from this transport, whose bodies aiohttp has decoded already."""
+    return isinstance(response.stream, _Body)
 
 
 def discard(response: httpx.Response) -> None:
