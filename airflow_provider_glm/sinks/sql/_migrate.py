@@ -22,7 +22,8 @@ __all__ = ["migrate"]
 
 
 def migrate(engine: Engine, tables: list[tuple[sa.Table, str]], *, timeout: float = 60.0, log: Any = None) -> None:
-    """Bring ``tables`` (each with its key column) to their definitions in ``engine``'s database.
+    """Bring ``tables`` (each with its key column, or its columns joined by commas) to their definitions in
+    ``engine``'s database.
 
     :raises ValueError: a table lacks its primary key / unique key, or a column's type would change.
     """
@@ -45,7 +46,7 @@ def _create_or_extend(conn: Connection, table: sa.Table, key: str, log: Any) -> 
         table.create(conn, checkfirst=True)
         return
     existing = {c["name"].lower(): c for c in inspector.get_columns(table.name, schema=table.schema)}
-    if key not in existing:
+    if any(part not in existing for part in key.split(",")):
         # not a table of ours (or not one we can recognise): never alter it
         missing = [c.name for c in table.columns if c.name.lower() not in existing]
         raise ValueError(f"table {table.fullname!r} exists but lacks required column(s) {missing}: migrate or "
@@ -91,5 +92,5 @@ def _check_key(inspector: sa.Inspector, table: sa.Table, key: str) -> None:
     keys: list[list[Any]] = [inspector.get_pk_constraint(table.name, schema=table.schema)["constrained_columns"]]
     keys += [u["column_names"] for u in inspector.get_unique_constraints(table.name, schema=table.schema)]
     keys += [i["column_names"] for i in inspector.get_indexes(table.name, schema=table.schema) if i["unique"]]
-    if not any([str(name).lower() for name in cols] == [key] for cols in keys):
+    if not any([str(name).lower() for name in cols] == key.split(",") for cols in keys):
         raise ValueError(f"table {table.fullname!r} exists but has no primary key or unique index on ({key})")
